@@ -85,7 +85,9 @@ def _chunk(attrs, start, chunk):
     return [block[:, i, :, None] for i in range(NUM_ATTRS)]
 
 
-def xla_forward(attrs, counts, grid: TileGrid, rules: CompositingRules, chunk: int = 32):
+def xla_forward(attrs, counts, grid: TileGrid, rules: CompositingRules, chunk: int = 32, autodiff: bool = False):
+    """Forward pass. With `autodiff=True` it scans all K entries (static trip count) so that plain JAX
+    autodiff can differentiate it; that stores per-chunk intermediates (the baseline of the benchmark)."""
     num_tiles, _, capacity = attrs.shape
     assert capacity % chunk == 0, (capacity, chunk)
     centers = pixel_centers(grid, attrs.dtype)
@@ -117,7 +119,10 @@ def xla_forward(attrs, counts, grid: TileGrid, rules: CompositingRules, chunk: i
         jnp.zeros((num_tiles, pix), bool),
         jnp.broadcast_to(counts[:, None], (num_tiles, pix)).astype(jnp.int32),
     )
-    _, trans, acc, _, last = jax.lax.while_loop(lambda s: (s[0] < n_chunks) & ~jnp.all(s[3]), body, init)
+    if autodiff:
+        (_, trans, acc, _, last), _ = jax.lax.scan(lambda s, _: (body(s), None), init, length=capacity // chunk)
+    else:
+        _, trans, acc, _, last = jax.lax.while_loop(lambda s: (s[0] < n_chunks) & ~jnp.all(s[3]), body, init)
     out = jnp.concatenate([acc, trans[:, None, :]], axis=1)  # [T, 5, PIX]
     return out, last
 
@@ -177,8 +182,7 @@ def _backend_fns(backend: str):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def composite(attrs, counts, grid: TileGrid, rules: CompositingRules, backend: str):
-    """Composites packed tile lists. attrs [T, A, K], counts [T] -> out [T, 5, PIX] (see module doc)."""
+def _composite_custom_vjp(attrs, counts, grid: TileGrid, rules: CompositingRules, backend: str):
     return _backend_fns(backend)[0](attrs, counts, grid, rules)[0]
 
 
@@ -193,4 +197,14 @@ def _composite_bwd(grid, rules, backend, residuals, d_out):
     return grads, None
 
 
-composite.defvjp(_composite_fwd, _composite_bwd)
+_composite_custom_vjp.defvjp(_composite_fwd, _composite_bwd)
+
+
+def composite(attrs, counts, grid: TileGrid, rules: CompositingRules, backend: str):
+    """Composites packed tile lists. attrs [T, A, K], counts [T] -> out [T, 5, PIX] (see module doc).
+
+    backend: "xla" or "pallas" (custom VJP), or "xla_autodiff" (plain autodiff, for comparison only).
+    """
+    if backend == "xla_autodiff":
+        return xla_forward(attrs, counts, grid, rules, autodiff=True)[0]
+    return _composite_custom_vjp(attrs, counts, grid, rules, backend)

@@ -58,7 +58,8 @@ def rasterize(
 
     Differentiable in the Gaussians' attributes and the background. `stats["dropped_pairs"]` counts
     (tile, Gaussian) pairs that did not fit `max_pairs` or `tile_capacity` (0 means exact).
-    Batch over cameras or scenes with `jax.vmap`.
+    backend: "xla", "pallas", "auto" (see `default_backend`), or "xla_autodiff" (plain autodiff through
+    the XLA forward instead of the custom VJP; for comparisons). Batch with `jax.vmap`.
     """
     grid = TileGrid(camera.width, camera.height, tile_size)
     default_pairs, default_capacity = default_capacities(gaussians.count, grid)

@@ -17,6 +17,7 @@ setup(
         "scipy>=1.13",
         "ml-collections>=1.1",
         "tensorflow-datasets>=4.9.10,<5",
+        "importlib-resources>=6",  # tfds needs it (etils.epath) to build datasets defined in a package
         "array-record>=0.8",
         "pillow>=11",
         "tqdm>=4.66",

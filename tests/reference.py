@@ -37,3 +37,43 @@ def dense_composite(means2d, conics, opacities, colors, depths, width, height, m
     if background is not None:
         rgb += trans[:, None] * np.asarray(background, np.float64)
     return rgb.reshape(height, width, 3), (1 - trans).reshape(height, width), depth.reshape(height, width)
+
+
+def dense_composite_jax(gaussians, camera, background, max_alpha=0.99, min_alpha=1 / 255, min_transmittance=1e-4,
+                        near_plane=0.01):
+    """The same dense compositing in JAX (a scan over depth-sorted Gaussians), for autodiff references.
+
+    Uses the library's projection and SH colours (checked against gsplat separately)."""
+    import jax
+    import jax.numpy as jnp
+
+    from headsup_jax.render import project
+    from headsup_jax.render.sh import sh_colors
+
+    p = project(gaussians, camera)
+    col = sh_colors(gaussians, camera.position)
+    ok = p.depths > near_plane
+    order = jnp.argsort(jnp.where(ok, p.depths, jnp.inf))
+    ys, xs = jnp.mgrid[0:camera.height, 0:camera.width]
+    px, py = xs.ravel() + 0.5, ys.ravel() + 0.5
+
+    def step(carry, g):
+        trans, rgb, depth, done = carry
+        dx, dy = p.means2d[g, 0] - px, p.means2d[g, 1] - py
+        a, b, c = p.conics[g]
+        power = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+        alpha = jnp.minimum(max_alpha, gaussians.opacities[g] * jnp.exp(-power))
+        use = (power >= 0) & (alpha >= min_alpha) & ~done & ok[g]
+        next_t = trans * (1 - alpha)
+        stop = use & (next_t <= min_transmittance)
+        use &= ~stop
+        w = jnp.where(use, alpha * trans, 0.0)
+        return (jnp.where(use, next_t, trans), rgb + w[:, None] * col[g], depth + w * p.depths[g], done | stop), None
+
+    n = px.shape[0]
+    dt = gaussians.means.dtype
+    init = (jnp.ones(n, dt), jnp.zeros((n, 3), dt), jnp.zeros(n, dt), jnp.zeros(n, bool))
+    (trans, rgb, depth, _), _ = jax.lax.scan(step, init, order)
+    rgb = rgb + trans[:, None] * background
+    hw = (camera.height, camera.width)
+    return rgb.reshape(hw + (3,)), (1 - trans).reshape(hw), depth.reshape(hw)

@@ -108,7 +108,7 @@ def xla_forward(attrs, counts, grid: TileGrid, rules: CompositingRules, chunk: i
         values = jnp.stack(rows[6:10], 1)[..., 0]  # [T, 4, C] colour and depth
         acc = acc + jnp.einsum("tvc,tcp->tvp", values, w)
         stops = ~done & (after[:, -1] <= rules.min_transmittance)
-        last = jnp.where(stops, c * chunk + jnp.sum(keep, axis=1), last)
+        last = jnp.where(stops, c * chunk + jnp.sum(keep, axis=1, dtype=last.dtype), last)
         trans = jnp.where(jnp.any(keep, 1), jnp.min(jnp.where(keep, after, jnp.inf), 1), trans)
         return c + 1, trans, acc, done | stops, last
 

@@ -39,6 +39,16 @@ def _untile(tiles: jax.Array, grid: TileGrid) -> jax.Array:
     return x[: grid.height, : grid.width]
 
 
+def _empty_render(camera: Camera, background) -> RenderOutput:
+    """The image of no Gaussians: the background (black without one), zero alpha and depth."""
+    shape = (camera.height, camera.width)
+    bg = jnp.zeros(3, jnp.float32) if background is None else jnp.asarray(background)
+    zero = jnp.int32(0)
+    stats = {"dropped_pairs": zero, "total_pairs": zero, "max_tile_count": zero, "visible": zero}
+    return RenderOutput(rgb=jnp.broadcast_to(bg, shape + (3,)), alpha=jnp.zeros(shape), depth=jnp.zeros(shape),
+                        stats=stats)
+
+
 def rasterize(
     gaussians: Gaussians,
     camera: Camera,
@@ -61,6 +71,8 @@ def rasterize(
     backend: "xla", "pallas", "auto" (see `default_backend`), or "xla_autodiff" (plain autodiff through
     the XLA forward instead of the custom VJP; for comparisons). Batch with `jax.vmap`.
     """
+    if gaussians.count == 0:
+        return _empty_render(camera, background)
     grid = TileGrid(camera.width, camera.height, tile_size)
     default_pairs, default_capacity = default_capacities(gaussians.count, grid)
     max_pairs = max_pairs or default_pairs

@@ -7,11 +7,15 @@ never lists a Gaussian below the 1/255 opacity floor). Pixels are laid out as [P
 tile is a whole number of 128-lane rows. Attributes are read as scalars from refs (`ref[row, k]`),
 which every lowering supports.
 
-On CPU the kernels run with `interpret=True`; they lower for TPU (Mosaic) and CUDA GPUs.
+On CPU the kernels run with `interpret=True`; they lower for TPU (Mosaic) and for CUDA GPUs through Mosaic
+GPU (default) or Triton (see `gpu_lowering`). One kernel body serves all; the per-platform differences
+are confined to how fresh register arrays are created (`_iota`, arrays derived from it).
 """
 from __future__ import annotations
 
 import functools
+import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -30,11 +34,20 @@ def _pixel_layout(grid: TileGrid) -> tuple[int, int]:
     return grid.pixels_per_tile // LANES, LANES
 
 
-def _pixel_centers(grid: TileGrid):
+def _iota(shape, dim, mosaic_gpu: bool):
+    if mosaic_gpu:  # Mosaic GPU needs the register layout of a fresh array spelled out
+        from jax.experimental.pallas import mosaic_gpu as plgpu
+
+        layout = plgpu.Layout.WG_STRIDED(shape, vec_size=math.prod(shape) // 128)
+        return plgpu.broadcasted_iota(jnp.int32, shape, dim, layout=layout)
+    return jax.lax.broadcasted_iota(jnp.int32, shape, dim)
+
+
+def _pixel_centers(grid: TileGrid, mosaic_gpu: bool = False):
     """Centres of the current program's tile. Two [ROWS, 128] arrays (x, y)."""
     shape = _pixel_layout(grid)
     t = pl.program_id(0)
-    p = jax.lax.broadcasted_iota(jnp.int32, shape, 0) * LANES + jax.lax.broadcasted_iota(jnp.int32, shape, 1)
+    p = _iota(shape, 0, mosaic_gpu) * LANES + _iota(shape, 1, mosaic_gpu)
     s = grid.tile_size
     rem, div = jax.lax.rem, jax.lax.div  # truncating: the operands are non-negative (floor would need sign)
     px = rem(t, grid.tiles_x) * s + rem(p, s)
@@ -47,9 +60,10 @@ def _entry(attrs_ref, k):
     return [attrs_ref[i, k] for i in range(NUM_ATTRS)]
 
 
-def _forward_kernel(attrs_ref, out_ref, last_ref, *, grid: TileGrid, rules: CompositingRules, capacity: int):
-    px, py = _pixel_centers(grid)
-    zeros = jnp.zeros_like(px)
+def _forward_kernel(attrs_ref, out_ref, last_ref, *, grid: TileGrid, rules: CompositingRules, capacity: int,
+                    mosaic_gpu: bool = False):
+    px, py = _pixel_centers(grid, mosaic_gpu)
+    zeros = px * 0.0  # derived from px, not a constant: keeps Mosaic GPU's strided register layout
 
     def cond(state):
         k, done = state[0], state[-1]
@@ -66,24 +80,25 @@ def _forward_kernel(attrs_ref, out_ref, last_ref, *, grid: TileGrid, rules: Comp
         keep = live & ~stops
         w = jnp.where(keep, alpha * trans, 0.0)
         return (k + 1, jnp.where(keep, after, trans), r + w * e[6], g + w * e[7], b + w * e[8], d + w * e[9],
-                jnp.where(stops, k, last), jnp.where(stops, 1.0, done))
+                jnp.where(stops, k.astype(jnp.float32), last), jnp.where(stops, 1.0, done))
 
-    init = (jnp.int32(0), zeros + 1.0, zeros, zeros, zeros, zeros, jnp.zeros(px.shape, jnp.int32), zeros)
+    # `last` is carried as float32 (exact below 2**24): Mosaic GPU loses integer signedness in `where`.
+    init = (jnp.int32(0), zeros + 1.0, zeros, zeros, zeros, zeros, zeros, zeros)
     k_end, trans, r, g, b, d, last, done = jax.lax.while_loop(cond, body, init)
     for i, img in enumerate((r, g, b, d, trans)):
         out_ref[i] = img
-    last_ref[...] = jnp.where(done > 0.0, last, k_end)  # never-stopped pixels: the list length
+    last_ref[...] = jnp.where(done > 0.0, last, k_end.astype(jnp.float32)).astype(jnp.int32)  # else list length
 
 
 def _backward_kernel(attrs_ref, out_ref, last_ref, d_out_ref, grad_ref, *, grid: TileGrid,
-                     rules: CompositingRules):
+                     rules: CompositingRules, mosaic_gpu: bool = False):
     """Walks the list back in blocks of 128 entries; a block's gradients are gathered in 128-lane rows
     and stored with one aligned store per attribute (TPU cannot store scalars to VMEM)."""
-    px, py = _pixel_centers(grid)
+    px, py = _pixel_centers(grid, mosaic_gpu)
     last = last_ref[...]
     g_r, g_g, g_b, g_d = d_out_ref[0], d_out_ref[1], d_out_ref[2], d_out_ref[3]
     trans_final = out_ref[4]
-    lane = jax.lax.broadcasted_iota(jnp.int32, (1, LANES), 1)
+    lane = _iota((1, LANES), 1, mosaic_gpu)
     n_blocks = jax.lax.div(jnp.max(last) + LANES - 1, LANES)  # entries past every pixel's stop add nothing
 
     def entry(j, state, block):
@@ -114,7 +129,7 @@ def _backward_kernel(attrs_ref, out_ref, last_ref, d_out_ref, grad_ref, *, grid:
         for i, row in enumerate(rows):  # row by row: Triton wants power-of-two shapes
             grad_ref[pl.ds(i, 1), pl.ds(start, LANES)] = row
 
-    zeros = tuple(jnp.zeros((1, LANES), jnp.float32) for _ in range(NUM_ATTRS))
+    zeros = tuple(lane.astype(jnp.float32) * 0.0 for _ in range(NUM_ATTRS))  # strided layout (see forward)
     jax.lax.fori_loop(n_blocks, grad_ref.shape[1] // LANES, lambda b, _: store(b, zeros), None)
     jax.lax.fori_loop(0, n_blocks, block_body, (trans_final, d_out_ref[4] * trans_final))
 
@@ -127,19 +142,35 @@ def _specs(grid: TileGrid, capacity: int):
     return attrs, image, last
 
 
+def gpu_lowering() -> str:
+    """"mosaic" (Mosaic GPU, Hopper and newer; the default) or "triton" (any CUDA GPU Triton supports),
+    from the environment variable HEADSUP_PALLAS_GPU."""
+    choice = os.environ.get("HEADSUP_PALLAS_GPU", "mosaic")
+    if choice not in ("mosaic", "triton"):
+        raise ValueError(f"HEADSUP_PALLAS_GPU must be 'mosaic' or 'triton', got {choice!r}")
+    return choice
+
+
 def _pallas(kernel, out_shape, in_specs, out_specs, name, *args):
-    """pallas_call lowered per platform: Mosaic on TPU, Triton on CUDA, the interpreter elsewhere."""
+    """pallas_call lowered per platform: Mosaic on TPU, Mosaic GPU or Triton on CUDA, the interpreter
+    elsewhere. Only the branch of the platform being compiled for is lowered."""
+    from jax.experimental.pallas import mosaic_gpu as plgpu
     from jax.experimental.pallas import tpu as pltpu
     from jax.experimental.pallas import triton as pltriton
 
-    def call(**params):
-        return lambda *a: pl.pallas_call(kernel, out_shape=out_shape, grid=(args[0].shape[0],), in_specs=in_specs,
+    def call(mosaic_gpu=False, **params):
+        body = functools.partial(kernel, mosaic_gpu=mosaic_gpu)
+        return lambda *a: pl.pallas_call(body, out_shape=out_shape, grid=(args[0].shape[0],), in_specs=in_specs,
                                          out_specs=out_specs, name=name, **params)(*a)
 
+    if gpu_lowering() == "mosaic":
+        cuda = call(mosaic_gpu=True, compiler_params=plgpu.CompilerParams())
+    else:
+        cuda = call(compiler_params=pltriton.CompilerParams(num_warps=4, num_stages=1))
     return jax.lax.platform_dependent(
         *args,
         tpu=call(compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel",))),
-        cuda=call(compiler_params=pltriton.CompilerParams(num_warps=4, num_stages=1)),
+        cuda=cuda,
         default=call(interpret=True),
     )
 

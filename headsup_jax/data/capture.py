@@ -115,6 +115,18 @@ def _check_rigid(T, problems, subject, file, field) -> None:
         problems.append(Problem(subject, file, field, "is not rigid (rotation part is not orthonormal, det +1)"))
 
 
+def camera_problems(K, world_to_cam, subject: str, file: str, where: str) -> list[Problem]:
+    """Problems of one camera's K (finite, invertible, pinhole) and world_to_cam (finite, rigid)."""
+    problems: list[Problem] = []
+    K = _matrix(K, (3, 3), problems, subject, file, f"{where}.K")
+    T = _matrix(world_to_cam, (4, 4), problems, subject, file, f"{where}.world_to_cam")
+    if K is not None:
+        _check_K(K, problems, subject, file, f"{where}.K")
+    if T is not None:
+        _check_rigid(T, problems, subject, file, f"{where}.world_to_cam")
+    return problems
+
+
 def parse_cameras(obj, subject: str, file: str = "cameras.json") -> tuple[list[CameraSpec], list[Problem]]:
     """Parse and check the decoded JSON of a cameras.json file."""
     problems: list[Problem] = []
@@ -136,12 +148,7 @@ def parse_cameras(obj, subject: str, file: str = "cameras.json") -> tuple[list[C
         seen.add(cid)
         where = f"cameras[{cid}]"
         n = len(problems)
-        K = _matrix(c.get("K"), (3, 3), problems, subject, file, f"{where}.K")
-        T = _matrix(c.get("world_to_cam"), (4, 4), problems, subject, file, f"{where}.world_to_cam")
-        if K is not None:
-            _check_K(K, problems, subject, file, f"{where}.K")
-        if T is not None:
-            _check_rigid(T, problems, subject, file, f"{where}.world_to_cam")
+        problems += camera_problems(c.get("K"), c.get("world_to_cam"), subject, file, where)
         size = [c.get(k) for k in ("width", "height")]
         if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
             problems.append(Problem(subject, file, f"{where}.width/height", f"expected positive integers, got {size}"))
@@ -149,7 +156,8 @@ def parse_cameras(obj, subject: str, file: str = "cameras.json") -> tuple[list[C
         if dist is not None and (not isinstance(dist, list) or not np.all(np.isfinite(np.asarray(dist, float)))):
             problems.append(Problem(subject, file, f"{where}.distortion", "expected a list of finite numbers"))
         if len(problems) == n:
-            cams.append(CameraSpec(cid, K.astype(np.float32), T.astype(np.float32), size[0], size[1],
+            K, T = np.asarray(c["K"], np.float32), np.asarray(c["world_to_cam"], np.float32)
+            cams.append(CameraSpec(cid, K, T, size[0], size[1],
                                    None if dist is None else tuple(float(d) for d in dist)))
     return cams, problems
 

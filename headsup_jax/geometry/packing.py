@@ -1,0 +1,81 @@
+"""Splitting selected UV triangles into charts and packing the charts into one square atlas.
+
+A chart is a set of triangles connected through shared UV indices and wound the same way in UV (so
+mirrored or folded pieces become charts of their own). Each chart's UV bounding box is scaled so that
+all charts get the same texel density on the surface (rectangle area proportional to 3D area) and the
+rectangles are shelf-packed, with a gutter between them, into the unit square at the largest scale
+that fits. Charts are only scaled and translated, never rotated.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+
+
+def signed_uv_area(tri_uv: np.ndarray) -> np.ndarray:
+    """Signed area of each UV triangle (positive when counter-clockwise). [F]"""
+    e1, e2 = tri_uv[:, 1] - tri_uv[:, 0], tri_uv[:, 2] - tri_uv[:, 0]
+    return 0.5 * (e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])
+
+
+def chart_labels(face_uvs: np.ndarray, tri_uv: np.ndarray) -> np.ndarray:
+    """Chart index per triangle: connected through shared UV indices, split by winding. [F]"""
+    flipped = signed_uv_area(tri_uv) < 0
+    n = int(face_uvs.max()) + 1 if face_uvs.size else 0
+    node = face_uvs + n * flipped[:, None]  # the two windings never share a node  # [F, 3]
+    rows = np.concatenate([node[:, 0], node[:, 1]])
+    cols = np.concatenate([node[:, 1], node[:, 2]])
+    graph = sp.coo_matrix((np.ones(rows.size, np.int8), (rows, cols)), shape=(2 * n, 2 * n))
+    _, label = connected_components(graph, directed=False)
+    _, chart = np.unique(label[node[:, 0]], return_inverse=True)
+    return chart.astype(np.int32)
+
+
+def _shelf(widths, heights, order, bin_width):
+    """Left-to-right shelves in `order`; returns (x, y, total height)."""
+    x, y = np.zeros(len(widths)), np.zeros(len(widths))
+    cx = cy = shelf_h = 0.0
+    for i in order:
+        if cx + widths[i] > bin_width and cx > 0:
+            cy, cx, shelf_h = cy + shelf_h, 0.0, 0.0
+        x[i], y[i] = cx, cy
+        cx += widths[i]
+        shelf_h = max(shelf_h, heights[i])
+    return x, y, cy + shelf_h
+
+
+def pack_charts(tri_uv: np.ndarray, area3d: np.ndarray, chart: np.ndarray, gutter: float):
+    """Packs the charts into [0, 1]^2. Returns (packed UVs [F, 3, 2], rectangles [C, 4] as x, y, w, h).
+
+    tri_uv: [F, 3, 2] source UVs; area3d: [F] surface area; chart: [F] labels from `chart_labels`;
+    gutter: empty space around each rectangle, in atlas units (e.g. 2 / resolution).
+    """
+    C = int(chart.max()) + 1
+    lo = np.full((C, 2), np.inf)
+    hi = np.full((C, 2), -np.inf)
+    np.minimum.at(lo, chart, tri_uv.min(1))
+    np.maximum.at(hi, chart, tri_uv.max(1))
+    uv_area = np.bincount(chart, np.abs(signed_uv_area(tri_uv)), C)
+    density = np.sqrt(np.bincount(chart, area3d, C) / np.maximum(uv_area, 1e-30))  # surface length per UV unit
+    size = (hi - lo) * density[:, None]  # [C, 2] before the global scale
+    order = np.argsort(-size[:, 1], kind="stable")
+
+    def fits(k):
+        w, h = k * size[:, 0] + gutter, k * size[:, 1] + gutter
+        return w.max() <= 1 and _shelf(w, h, order, 1.0)[2] <= 1
+
+    lo_k, hi_k = 0.0, 1.0 / max(size.max(), 1e-30)
+    if not fits(0.0):
+        raise ValueError(f"atlas: {C} charts do not fit even at zero size with gutter {gutter:.4g}; "
+                         "raise the resolution or select fewer regions")
+    for _ in range(50):
+        mid = 0.5 * (lo_k + hi_k)
+        lo_k, hi_k = (mid, hi_k) if fits(mid) else (lo_k, mid)
+    k = lo_k
+    w, h = k * size[:, 0] + gutter, k * size[:, 1] + gutter
+    x, y, _ = _shelf(w, h, order, 1.0)
+    scale = (k * density)[chart][:, None, None]  # [F, 1, 1]
+    offset = np.stack([x, y], -1) + 0.5 * gutter  # [C, 2]
+    packed = (tri_uv - lo[chart][:, None]) * scale + offset[chart][:, None]
+    return packed, np.stack([x, y, w, h], -1)

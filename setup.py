@@ -18,6 +18,7 @@ setup(
         "ml-collections>=1.1",
         "tensorflow-datasets>=4.9.10,<5",
         "importlib-resources>=6",  # tfds needs it (etils.epath) to build datasets defined in a package
+        "embreex>=4.4",  # Embree ray casting: the synthetic data's ground-truth mesh renderer
         "array-record>=0.8",
         "pillow>=11",
         "tqdm>=4.66",

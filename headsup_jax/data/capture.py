@@ -4,6 +4,7 @@
                                                                "distortion" (optional)}, ...]}
                               /images/<id>.png|jpg  one image per camera, size width x height
                               /masks/<id>.png       optional; if the folder exists, one mask per camera
+                              /depth/<id>.png       optional; 16-bit PNG, camera z in millimetres, 0 = none
                               /blendshapes.json     optional {ARKit name: weight}
 
 Cameras follow DESIGN.md: OpenCV axes, metres, K in pixels with pixel (i, j) centred at (j + .5, i + .5).
@@ -25,6 +26,7 @@ from headsup_jax.data.io import image_size, write_bytes_atomic, write_json_atomi
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 _RIGID_TOL = 1e-4
+_SINGULAR = {"images": "image", "masks": "mask", "depth": "depth map"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +85,7 @@ class Capture:
     cameras: tuple[CameraSpec, ...]
     image_files: dict  # camera id -> Path
     mask_files: dict | None  # camera id -> Path, or None without a masks/ folder
+    depth_files: dict | None  # camera id -> Path, or None without a depth/ folder
     blendshapes: dict | None  # ARKit name -> weight
 
 
@@ -176,7 +179,7 @@ def _image_files(folder: pathlib.Path, subject: str, kind: str, ids, suffixes, p
     for cid in ids:
         files = found.get(cid, [])
         if not files:
-            problems.append(Problem(subject, f"{kind}/{cid}.*", "file", f"missing {kind[:-1]} for camera {cid!r}"))
+            problems.append(Problem(subject, f"{kind}/{cid}.*", "file", f"missing {_SINGULAR[kind]} for camera {cid!r}"))
         elif len(files) > 1:
             problems.append(Problem(subject, f"{kind}/{cid}.*", "file",
                                     f"several files for camera {cid!r}: {[f.name for f in files]}"))
@@ -232,14 +235,15 @@ def check_capture(path, subject: str | None = None, frame: str = "",
     by_id = {c.id: c for c in cams}
     ids = [c.id for c in cams]
     images = _image_files(path / "images", subject, "images", ids, IMAGE_SUFFIXES, problems)
-    masks = _image_files(path / "masks", subject, "masks", ids, (".png",), problems) if (path / "masks").is_dir() else None
+    masks, depth = (_image_files(path / kind, subject, kind, ids, (".png",), problems) if (path / kind).is_dir()
+                    else None for kind in ("masks", "depth"))
     if decode_images:
-        _check_sizes(images, by_id, subject, "images", problems)
-        _check_sizes(masks or {}, by_id, subject, "masks", problems)
+        for kind, files in (("images", images), ("masks", masks), ("depth", depth)):
+            _check_sizes(files or {}, by_id, subject, kind, problems)
     blend = _blendshapes(path / "blendshapes.json", subject, problems)
     if problems:
         return None, problems
-    return Capture(subject, frame, path, tuple(cams), images, masks, blend), []
+    return Capture(subject, frame, path, tuple(cams), images, masks, depth, blend), []
 
 
 def load_capture(path, subject: str | None = None, frame: str = "") -> Capture:
@@ -265,13 +269,15 @@ def find_captures(root) -> list[tuple[str, str, pathlib.Path]]:
 
 
 def write_capture(path, cameras, images: dict, masks: dict | None = None, blendshapes: dict | None = None,
-                  image_format: str = "png") -> None:
-    """Write a capture folder (every file atomically). images/masks: camera id -> encoded bytes."""
+                  image_format: str = "png", depths: dict | None = None) -> None:
+    """Write a capture folder (every file atomically). images/masks/depths: camera id -> encoded bytes."""
     path = pathlib.Path(path)
     for cid, data in images.items():
         write_bytes_atomic(path / "images" / f"{cid}.{image_format}", data)
     for cid, data in (masks or {}).items():
         write_bytes_atomic(path / "masks" / f"{cid}.png", data)
+    for cid, data in (depths or {}).items():
+        write_bytes_atomic(path / "depth" / f"{cid}.png", data)
     if blendshapes is not None:
         write_json_atomic(path / "blendshapes.json", {k: float(v) for k, v in blendshapes.items()})
     write_json_atomic(path / "cameras.json", {"cameras": [c.to_json() for c in cameras]})  # last: marks complete

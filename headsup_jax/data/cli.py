@@ -1,4 +1,4 @@
-"""`headsup data ...`: validate capture folders, build TFDS/ArrayRecord shards."""
+"""`headsup data ...`: validate capture folders, build TFDS/ArrayRecord shards, generate synthetic subjects."""
 from __future__ import annotations
 
 
@@ -15,6 +15,7 @@ def register(sub) -> None:
     build.add_argument("--test", type=float, default=0.1)
     build.add_argument("--skip-invalid", action="store_true", help="skip bad captures (listed in the info)")
     build.set_defaults(run=run_build)
+    register_synth(sub)
 
 
 def run_validate(args) -> int:
@@ -39,3 +40,34 @@ def run_build(args) -> None:
     meta = dataset_metadata(path)
     sizes = ", ".join(f"{k}: {len(v)}" for k, v in meta["subjects"].items())
     print(f"wrote {path} (subjects {sizes}; {len(meta['skipped'])} skipped)")
+
+
+def register_synth(sub) -> None:
+    synth = sub.add_parser("synth", help="generate synthetic subjects in the capture format")
+    synth.add_argument("--subjects", type=int, required=True)
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--rig", default="frontal16", help="frontal16, dome80 or random<N>")
+    synth.add_argument("--resolution", type=int, default=256, help="image height (width = 0.75 x height)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--template", default="procedural")
+    synth.add_argument("--frames", type=int, default=1, help="1: neutral; more: plus random expressions")
+    synth.add_argument("--start", type=int, default=0, help="first subject index (regenerate a range alone)")
+    synth.add_argument("--workers", type=int, default=1)
+    synth.add_argument("--texture-resolution", type=int, default=512)
+    synth.add_argument("--no-jitter", action="store_true", help="exact rig for every subject")
+    synth.add_argument("--overwrite", action="store_true", help="re-render subjects already written")
+    synth.set_defaults(run=run_synth)
+
+
+def run_synth(args) -> None:
+    import time
+
+    from headsup_jax.data.synth import SynthConfig, generate
+
+    config = SynthConfig(rig=args.rig, resolution=args.resolution, seed=args.seed, template=args.template,
+                         frames=args.frames, texture_resolution=args.texture_resolution, jitter=not args.no_jitter)
+    t0 = time.perf_counter()
+    views = generate(args.out, args.subjects, config, workers=args.workers, start=args.start, overwrite=args.overwrite)
+    dt = time.perf_counter() - t0
+    print(f"wrote {args.subjects} subjects to {args.out}: {views} views rendered in {dt:.1f} s"
+          + (f" ({views / dt:.1f} views/s)" if views else " (all existed already)"))

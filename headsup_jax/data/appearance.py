@@ -1,0 +1,134 @@
+"""Per-subject appearance in the template's UV space: skin tone and albedo variation, pores and freckles,
+brows, lips, eyes, hair or a cap, and a clothing band on the neck.
+
+Features are placed by the 3D position of each texel on the neutral template, relative to the eyes and
+mouth (from the template's 68 landmarks, or the procedural head's known feature positions), so any
+template with UVs works. Colours are linear albedo in [0, 1].
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from headsup_jax.geometry.uv_raster import rasterize_uv
+
+SKIN_LIGHT, SKIN_DARK = np.array([0.80, 0.55, 0.45]), np.array([0.10, 0.05, 0.03])
+HAIR = np.array([[0.01, 0.01, 0.01], [0.05, 0.025, 0.012], [0.15, 0.08, 0.03], [0.45, 0.33, 0.15],
+                 [0.30, 0.08, 0.02], [0.35, 0.35, 0.35]])  # black, dark/light brown, blond, red, grey
+EYES = np.array([[0.08, 0.03, 0.01], [0.18, 0.11, 0.03], [0.08, 0.16, 0.05], [0.08, 0.17, 0.35], [0.2, 0.24, 0.27]])
+
+
+@dataclasses.dataclass(frozen=True)
+class TexelBasis:
+    """Where each texel of a T x T texture lies on the neutral template, and the face's reference points."""
+
+    positions: np.ndarray  # [T, T, 3] metres (0 outside the UV charts)
+    valid: np.ndarray  # [T, T] bool
+    eyes: np.ndarray  # [2, 3] centres: the subject's left (+x) eye first
+    mouth: np.ndarray  # [3] centre
+    mouth_half_width: float
+    axis: np.ndarray  # [2] (x, z) of the vertical head axis
+
+
+def _feature_points(template):
+    """(eyes [2, 3], mouth [3], mouth half width) from landmarks, or the procedural head's constants."""
+    v = np.asarray(template.vertices, np.float64)
+    lm = None if template.landmarks is None else np.asarray(template.landmarks)
+    if lm is not None and len(lm) == 68:
+        a, b = v[lm[36:42]].mean(0), v[lm[42:48]].mean(0)
+        eyes = np.stack([a, b] if a[0] > b[0] else [b, a])
+        return eyes, v[lm[48:68]].mean(0), 0.5 * np.linalg.norm(v[lm[54]] - v[lm[48]])
+    if template.name == "procedural":
+        from headsup_jax.geometry.procedural import EYE_PHI, EYE_Y, MOUTH_CORNER, MOUTH_Y
+
+        phi, y = np.arctan2(v[:, 0], v[:, 2]), v[:, 1]
+        nearest = lambda p, h: v[np.argmin(np.angle(np.exp(1j * (phi - p))) ** 2 + ((y - h) / 0.1) ** 2)]
+        eyes = np.stack([nearest(EYE_PHI, EYE_Y), nearest(-EYE_PHI, EYE_Y)])
+        mouth = nearest(0.0, MOUTH_Y)
+        return eyes, mouth, 0.5 * np.linalg.norm(nearest(MOUTH_CORNER, MOUTH_Y) - nearest(-MOUTH_CORNER, MOUTH_Y))
+    raise ValueError(f"template {template.name!r}: appearance needs 68 landmarks to place the eyes and mouth")
+
+
+def texel_basis(template, resolution: int) -> TexelBasis:
+    """Rasterise the template's UV layout (slow part; compute once per template and resolution)."""
+    tri, bary, _, valid = rasterize_uv(template.uvs[template.face_uvs].astype(np.float64), resolution)
+    corners = np.asarray(template.vertices, np.float64)[template.faces[np.maximum(tri, 0)]]  # [T, T, 3, 3]
+    positions = np.where(valid[..., None], np.einsum("ijk,ijkc->ijc", bary, corners), 0.0)
+    eyes, mouth, half_width = _feature_points(template)
+    skull = np.asarray(template.vertices)[np.asarray(template.vertices)[:, 1] > mouth[1]]
+    axis = 0.5 * (skull[:, [0, 2]].min(0) + skull[:, [0, 2]].max(0))
+    return TexelBasis(positions.astype(np.float32), valid, eyes, mouth, float(half_width), axis)
+
+
+def _smooth_noise(p: np.ndarray, rng, wavelength: float, terms: int = 6) -> np.ndarray:
+    """Sum of random 3D sinusoids: smooth noise in about [-1, 1]. p: [..., 3] -> [...]"""
+    k = rng.normal(size=(terms, 3))
+    k *= 2 * np.pi / wavelength / np.linalg.norm(k, axis=-1, keepdims=True)
+    phase = rng.uniform(0, 2 * np.pi, terms)
+    return np.sin(p @ k.T + phase).sum(-1) / np.sqrt(terms / 2)
+
+
+def _segment_distance(p, a, b):
+    t = np.clip(((p - a) @ (b - a)) / ((b - a) @ (b - a)), 0, 1)
+    return np.linalg.norm(p - (a + t[..., None] * (b - a)), axis=-1)
+
+
+def _mix(base, color, weight):
+    return base * (1 - weight[..., None]) + np.asarray(color) * weight[..., None]
+
+
+def paint(basis: TexelBasis, rng: np.random.Generator) -> np.ndarray:
+    """A random subject's albedo texture. [T, T, 3] float32, linear, in [0, 1]."""
+    P = basis.positions.astype(np.float64)
+    T = P.shape[0]
+    eye_mid = basis.eyes.mean(0)
+    rel = P - eye_mid  # origin between the eyes
+    tone = rng.uniform()
+    skin = (SKIN_LIGHT ** (1 - tone) * SKIN_DARK ** tone) * np.exp(rng.normal(0, 0.06, 3))
+    tex = skin * (1 + 0.08 * _smooth_noise(P, rng, 0.09))[..., None]
+    tex *= (1 + 0.05 * _smooth_noise(P, rng, 0.02))[..., None]
+    tex *= (1 + rng.uniform(0.02, 0.06) * rng.standard_normal((T, T)))[..., None]  # pores
+    cheeks = [basis.eyes[k] + np.array([0.3 * s, -0.035, 0.0]) for k, s in ((0, 0.03), (1, -0.03))]
+    blush = sum(np.exp(-np.sum((P - c) ** 2, -1) / (2 * 0.018 ** 2)) for c in cheeks)
+    tex = _mix(tex, skin * np.array([1.15, 0.7, 0.7]), rng.uniform(0.0, 0.5) * blush)
+    face = np.exp(-np.sum(rel ** 2, -1) / (2 * 0.06 ** 2))
+    n_freckles = int(rng.uniform() ** 3 * 400)
+    if n_freckles:
+        idx = np.flatnonzero(basis.valid.ravel() & (rng.random(T * T) < face.ravel()))
+        centers = P.reshape(-1, 3)[rng.choice(idx, min(n_freckles, len(idx)), replace=False)]
+        dark = np.zeros((T, T))
+        for c in centers:
+            dark = np.maximum(dark, np.exp(-np.sum((P - c) ** 2, -1) / (2 * 0.0012 ** 2)))
+        tex *= (1 - 0.35 * dark)[..., None]
+    hair = HAIR[rng.integers(len(HAIR))] * np.exp(rng.normal(0, 0.1, 3))
+    for k, s in ((0, 1.0), (1, -1.0)):  # brows above each eye, from the nose side outwards
+        e = basis.eyes[k]
+        d = _segment_distance(P, e + np.array([-0.012 * s, 0.016, 0.006]), e + np.array([0.018 * s, 0.014, -0.004]))
+        tex = _mix(tex, hair, np.clip((rng.uniform(0.003, 0.005) - d) / 0.001, 0, 1) * rng.uniform(0.6, 0.95))
+    m = (P - basis.mouth) / np.array([basis.mouth_half_width, rng.uniform(0.007, 0.011), 0.02])
+    lips = np.clip((1 - np.sum(m ** 2, -1)) / 0.3, 0, 1)
+    tex = _mix(tex, skin * np.array([0.8, 0.4, 0.42]) * rng.uniform(0.6, 1.0), lips)
+    iris_color = EYES[rng.integers(len(EYES))] * np.exp(rng.normal(0, 0.1, 3))
+    for e in basis.eyes:
+        d = P - e
+        front = d[..., 2] > -0.01
+        sclera = ((d[..., 0] / 0.014) ** 2 + (d[..., 1] / 0.006) ** 2 < 1) & front
+        r = np.hypot(d[..., 0], d[..., 1])
+        tex = np.where(sclera[..., None], np.array([0.7, 0.68, 0.65]), tex)
+        tex = np.where((sclera & (r < 0.0055))[..., None], iris_color, tex)
+        tex = np.where((sclera & (r < 0.0022))[..., None], np.array([0.01, 0.01, 0.01]), tex)
+    phi = np.arctan2(P[..., 0] - basis.axis[0], P[..., 2] - basis.axis[1])
+    front, back = rng.uniform(0.045, 0.065), rng.uniform(-0.09, -0.03)
+    hairline = front + (back - front) * (np.abs(phi) / np.pi) ** 1.5
+    covered = np.clip((rel[..., 1] - hairline) / 0.004, 0, 1)
+    if rng.uniform() < 0.25:  # a cap: smooth saturated colour
+        tex = _mix(tex, rng.uniform(0.02, 0.6, 3) * (1 + 0.05 * _smooth_noise(P, rng, 0.05))[..., None], covered)
+    else:
+        streaks = 1 + 0.15 * _smooth_noise(P * np.array([1.0, 0.2, 1.0]), rng, 0.012, terms=3)
+        tex = _mix(tex, hair * streaks[..., None], covered)
+    if rng.uniform() < 0.7:  # clothing band low on the neck
+        band = np.clip((rng.uniform(-0.2, -0.17) - rel[..., 1]) / 0.003, 0, 1)
+        tex = _mix(tex, rng.uniform(0.02, 0.7, 3), band)
+    tex = np.where(basis.valid[..., None], tex, skin)
+    return np.clip(tex, 0, 1).astype(np.float32)

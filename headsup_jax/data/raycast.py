@@ -1,0 +1,92 @@
+"""Ground-truth mesh renderer for synthetic data: Embree ray casting (embreex), independent of our
+Gaussian rasteriser. Textured Lambertian surface under a few directional studio lights plus ambient,
+`supersample`^2 rays per pixel (anti-aliased RGB and fractional mask), depth of the centre-most sample.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from embreex import rtcore_scene as rtcs
+from embreex.mesh_construction import TriangleMesh
+
+from headsup_jax.geometry.template import vertex_normals
+
+
+@dataclasses.dataclass(frozen=True)
+class Lighting:
+    directions: np.ndarray  # [L, 3] unit vectors towards the lights (world)
+    colors: np.ndarray  # [L, 3] linear intensities
+    ambient: np.ndarray  # [3]
+
+
+@dataclasses.dataclass(frozen=True)
+class Surface:
+    """A deformed mesh with its UV texture."""
+
+    vertices: np.ndarray  # [V, 3] metres
+    faces: np.ndarray  # [F, 3]
+    uvs: np.ndarray  # [U, 2]
+    face_uvs: np.ndarray  # [F, 3]
+    texture: np.ndarray  # [T, T, 3] float32 linear albedo, texel (i, j) centre at u=(j+.5)/T, v=1-(i+.5)/T
+
+
+def sample_texture(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Bilinear lookup, clamped at the border. uv: [P, 2] -> [P, 3]."""
+    T = texture.shape[0]
+    x = np.clip(uv[:, 0] * T - 0.5, 0, T - 1)
+    y = np.clip((1 - uv[:, 1]) * T - 0.5, 0, T - 1)
+    x0, y0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
+    x1, y1 = np.minimum(x0 + 1, T - 1), np.minimum(y0 + 1, T - 1)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    top = texture[y0, x0] * (1 - fx) + texture[y0, x1] * fx
+    bottom = texture[y1, x0] * (1 - fx) + texture[y1, x1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def _rays(camera, supersample: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Origins [P, 3], unit directions [P, 3] (world) and camera-z per unit length [P] of all samples."""
+    W, H, s = camera.width, camera.height, supersample
+    offsets = (np.arange(s) + 0.5) / s
+    u = (np.arange(W)[:, None] + offsets[None]).reshape(-1)  # [W*s]
+    v = (np.arange(H)[:, None] + offsets[None]).reshape(-1)  # [H*s]
+    uu, vv = np.meshgrid(u, v)  # [H*s, W*s]
+    pix = np.stack([uu, vv, np.ones_like(uu)], -1).reshape(-1, 3)
+    d_cam = pix @ np.linalg.inv(np.asarray(camera.K, np.float64)).T
+    d_cam /= np.linalg.norm(d_cam, axis=-1, keepdims=True)
+    w2c = np.asarray(camera.world_to_cam, np.float64)
+    R, t = w2c[:3, :3], w2c[:3, 3]
+    origin = -R.T @ t
+    return np.broadcast_to(origin, d_cam.shape), d_cam @ R, d_cam[:, 2]
+
+
+class MeshRenderer:
+    """Renders one `Surface` from many cameras (the Embree scene is built once)."""
+
+    def __init__(self, surface: Surface):
+        self.surface = surface
+        self.scene = rtcs.EmbreeScene()
+        TriangleMesh(self.scene, surface.vertices[surface.faces].astype(np.float32))
+        self.normals = vertex_normals(surface.vertices.astype(np.float64), surface.faces)
+
+    def render(self, camera, lighting: Lighting, background: np.ndarray, supersample: int = 2):
+        """-> rgb [H, W, 3] float32 in [0, 1] (sRGB), mask [H, W] float32 coverage, depth [H, W] metres (0: none)."""
+        W, H, s = camera.width, camera.height, supersample
+        origins, dirs, z_per_t = _rays(camera, s)
+        hit = self.scene.run(origins.astype(np.float32), dirs.astype(np.float32), output=1)
+        tri = hit["primID"]
+        ok = tri >= 0
+        f = tri[ok]
+        b = np.stack([1 - hit["u"][ok] - hit["v"][ok], hit["u"][ok], hit["v"][ok]], -1)[..., None]  # [P, 3, 1]
+        srf = self.surface
+        normal = (self.normals[srf.faces[f]] * b).sum(1)
+        normal /= np.maximum(np.linalg.norm(normal, axis=-1, keepdims=True), 1e-12)
+        normal *= np.where((normal * dirs[ok]).sum(-1, keepdims=True) > 0, -1.0, 1.0)  # face the camera
+        albedo = sample_texture(srf.texture, (srf.uvs[srf.face_uvs[f]] * b).sum(1))
+        irradiance = lighting.ambient + np.clip(normal @ lighting.directions.T, 0, None) @ lighting.colors
+        linear = np.broadcast_to(np.asarray(background, np.float64) ** 2.2, (len(tri), 3)).copy()
+        linear[ok] = albedo * irradiance
+        rgb = np.clip(linear, 0, 1).reshape(H, s, W, s, 3).mean((1, 3)) ** (1 / 2.2)  # average in linear
+        mask = ok.reshape(H, s, W, s).mean((1, 3))
+        depth = np.where(ok, hit["tfar"] * z_per_t, 0.0).reshape(H, s, W, s)[:, s // 2, :, s // 2]
+        return rgb.astype(np.float32), mask.astype(np.float32), depth.astype(np.float32)

@@ -1,0 +1,160 @@
+"""Synthetic subjects in the capture format: template identity and expression, UV appearance, studio
+lighting, a jittered camera rig, ground truth rendered by Embree (`raycast`). Subject k depends only on
+(seed, k), so any subject of a large set can be regenerated alone.
+
+    <out>/synth_000042/{cameras.json, images/, masks/, depth/, blendshapes.json}   (frames=1)
+    <out>/synth_000042/<frame>/...                                                  (frames>1)
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import multiprocessing
+import pathlib
+
+import numpy as np
+from tqdm import tqdm
+
+from headsup_jax.data.appearance import paint, texel_basis
+from headsup_jax.data.blendshapes import ARKIT_BLENDSHAPES
+from headsup_jax.data.capture import CameraSpec, write_capture
+from headsup_jax.data.io import encode_png, write_json_atomic
+from headsup_jax.data.raycast import Lighting, MeshRenderer, Surface
+
+KEY_LIGHTS = np.array([[0.6, 0.5, 0.8], [-0.6, 0.3, 0.8], [0.0, 0.9, 0.3], [0.0, 0.3, -1.0]])  # key, fill, top, rim
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthConfig:
+    rig: str = "frontal16"
+    resolution: int = 256
+    seed: int = 0
+    template: str = "procedural"
+    frames: int = 1  # 1: neutral only; more: frame 0 neutral, then random sparse expressions
+    texture_resolution: int = 512
+    supersample: int = 2
+    jitter: bool = True  # per-subject calibration noise on the rig
+
+
+def subject_name(index: int) -> str:
+    return f"synth_{index:06d}"
+
+
+def sample_lighting(rng: np.random.Generator) -> Lighting:
+    """Diffuse studio lighting: four soft lights with random direction, intensity and colour temperature."""
+    d = KEY_LIGHTS + rng.normal(0, 0.2, KEY_LIGHTS.shape)
+    d /= np.linalg.norm(d, axis=-1, keepdims=True)
+    warmth = rng.uniform(-0.08, 0.08)
+    tint = np.array([1 + warmth, 1.0, 1 - warmth])
+    power = np.array([1.0, 0.5, 0.4, 0.3]) * rng.uniform(0.7, 1.3, 4) * rng.uniform(0.8, 1.2)
+    return Lighting(d, power[:, None] * tint, rng.uniform(0.2, 0.4) * tint)
+
+
+def sample_expression(template, rng: np.random.Generator) -> dict:
+    """A sparse random expression: 1 to 3 of the template's ARKit blendshapes with weights in [0.3, 1]."""
+    names = [n for n in template.expression_names if n in ARKIT_BLENDSHAPES]
+    picks = rng.choice(len(names), min(len(names), int(rng.integers(1, 4))), replace=False)
+    return {names[i]: float(rng.uniform(0.3, 1.0)) for i in sorted(picks)}
+
+
+class Generator:
+    """Holds the template and its texel basis (built once per process)."""
+
+    def __init__(self, config: SynthConfig):
+        from headsup_jax.geometry import load_template
+
+        self.config = config
+        self.template = load_template(config.template)
+        self.basis = texel_basis(self.template, config.texture_resolution)
+
+    def cameras(self, index: int) -> list:
+        from headsup_jax.geometry.rigs import Jitter, make_rig
+
+        c = self.config
+        return make_rig(c.rig, c.resolution, seed=_seed(c.seed, index, 1), noise=Jitter() if c.jitter else None)
+
+    def vertices(self, identity: np.ndarray, expression: dict) -> np.ndarray:
+        from headsup_jax.geometry import deform, expression_coefficients
+
+        expr = expression_coefficients(self.template, expression) if expression else None
+        return np.asarray(deform(self.template, identity, expr), np.float64)  # [V, 3]
+
+    def identity(self, index: int) -> np.ndarray | None:
+        """Identity coefficients of subject `index`, ~ N(0, 1). [I]"""
+        deltas = self.template.identity_deltas
+        if deltas is None:
+            return None
+        return np.random.default_rng(_seed(self.config.seed, index, 2)).standard_normal(deltas.shape[0]).astype(np.float32)
+
+    def subject(self, index: int, out: pathlib.Path) -> int:
+        """Render and write subject `index`; returns the number of views written."""
+        c, t = self.config, self.template
+        rng = np.random.default_rng(_seed(c.seed, index, 0))
+        identity = self.identity(index)
+        texture = paint(self.basis, rng)
+        background = np.full(3, rng.uniform(0.25, 0.75)) * np.exp(rng.normal(0, 0.05, 3))
+        cams = self.cameras(index)
+        views = 0
+        for frame in range(c.frames):
+            lighting = sample_lighting(rng)
+            expression = sample_expression(t, rng) if frame else {}
+            surface = Surface(self.vertices(identity, expression), t.faces, t.uvs, t.face_uvs, texture)
+            renderer = MeshRenderer(surface)
+            images, masks, depths, specs = {}, {}, {}, []
+            for k, cam in enumerate(cams):
+                cid = f"cam{k:02d}"
+                rgb, mask, depth = renderer.render(cam, lighting, background, c.supersample)
+                images[cid] = encode_png(np.round(rgb * 255).astype(np.uint8))
+                masks[cid] = encode_png(np.round(mask * 255).astype(np.uint8))
+                depths[cid] = encode_png(np.round(np.clip(depth * 1000, 0, 65535)).astype(np.uint16))  # mm
+                specs.append(CameraSpec(cid, np.asarray(cam.K), np.asarray(cam.world_to_cam), cam.width, cam.height))
+            folder = out / subject_name(index) if c.frames == 1 else out / subject_name(index) / f"frame_{frame:02d}"
+            write_capture(folder, specs, images, masks, expression, depths=depths)
+            views += len(cams)
+        return views
+
+
+def _seed(seed: int, index: int, stream: int) -> int:
+    return int(np.random.SeedSequence([seed, index, stream]).generate_state(1)[0])
+
+
+_WORKER: Generator | None = None
+
+
+def _init(config: SynthConfig) -> None:
+    global _WORKER
+    _WORKER = Generator(config)
+
+
+def _run(args) -> int:
+    index, out = args
+    return _WORKER.subject(index, out)
+
+
+def _done(out: pathlib.Path, index: int, frames: int) -> bool:
+    folder = out / subject_name(index)
+    return (folder / "cameras.json").exists() if frames == 1 else (folder / f"frame_{frames - 1:02d}" / "cameras.json").exists()
+
+
+def generate(out, num_subjects: int, config: SynthConfig, workers: int = 1, start: int = 0,
+             overwrite: bool = False, progress: bool = True) -> int:
+    """Write subjects start..start+num_subjects-1 under `out` (finished ones are skipped unless `overwrite`).
+    Returns the number of views rendered."""
+    out = pathlib.Path(out)
+    write_json_atomic(out / "synth.json", {**dataclasses.asdict(config), "subjects": start + num_subjects})
+    todo = [(i, out) for i in range(start, start + num_subjects) if overwrite or not _done(out, i, config.frames)]
+    bar = tqdm(total=len(todo), unit="subject", disable=not progress)
+    views = 0
+    if workers <= 1:
+        _init(config)
+        for job in todo:
+            views += _run(job)
+            bar.update()
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, ctx, initializer=_init, initargs=(config,)) as pool:
+            for n in pool.map(_run, todo, chunksize=max(1, min(16, len(todo) // (4 * workers)))):
+                views += n
+                bar.update()
+    bar.close()
+    return views

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from headsup_jax.geometry.rigs import Jitter, dome80, frontal16, jitter, make_rig, random_rig
+from headsup_jax.geometry.rigs import TARGET, Jitter, dome80, frontal16, jitter, make_rig, random_rig
 
 
 def _project(cam, X):
@@ -18,9 +18,9 @@ def _assert_rigid(cam):
     assert np.linalg.det(R) > 0
 
 
-def _sees_head(cam, half_extent=(0.1, 0.13, 0.1)):
-    """The 8 corners of a 20 x 26 x 20 cm head box project inside the image, in front of the camera."""
-    for corner in np.array(np.meshgrid(*[[-h, h] for h in half_extent])).reshape(3, -1).T:
+def _sees_head(cam, half_extent=(0.1, 0.155, 0.1)):
+    """The 8 corners of a 20 x 31 x 20 cm box (crown to neck) around the aim point project inside the image, in front."""
+    for corner in np.array(np.meshgrid(*[[-h, h] for h in half_extent])).reshape(3, -1).T + TARGET:
         (u, v), z = _project(cam, corner)
         assert z > 0 and 0 <= u <= cam.width and 0 <= v <= cam.height, (u, v, z)
 
@@ -33,8 +33,8 @@ def test_rig_sizes_and_visibility(rig, count):
         assert (cam.width, cam.height) == (150, 200)
         _assert_rigid(cam)
         _sees_head(cam)
-        (u, v), _ = _project(cam, np.zeros(3))
-        assert abs(u - 75) < 1 and abs(v - 100) < 1  # aimed at the head centre
+        (u, v), _ = _project(cam, np.asarray(TARGET))
+        assert abs(u - 75) < 1 and abs(v - 100) < 1  # aimed at the head
     positions = np.array([np.asarray(c.position) for c in cams])
     assert len(np.unique(positions.round(4), axis=0)) == count
     if rig is frontal16:

@@ -1,4 +1,4 @@
-"""`headsup data ...`: validate capture folders, build TFDS/ArrayRecord shards, generate synthetic subjects."""
+"""`headsup data ...`: validate capture folders, build TFDS/ArrayRecord shards, generate synthetic subjects, inspect."""
 from __future__ import annotations
 
 
@@ -16,6 +16,14 @@ def register(sub) -> None:
     build.add_argument("--skip-invalid", action="store_true", help="skip bad captures (listed in the info)")
     build.set_defaults(run=run_build)
     register_synth(sub)
+
+    inspect = sub.add_parser("inspect", help="contact sheet PNG of a capture tree or a built TFDS dataset")
+    inspect.add_argument("path", help="folder of capture folders, or a TFDS dataset folder (.../head_captures/1.0.0)")
+    inspect.add_argument("--out", default="outputs/contact_sheet.png")
+    inspect.add_argument("--subjects", type=int, default=4)
+    inspect.add_argument("--views", type=int, default=6)
+    inspect.add_argument("--split", default="train", help="split to show for a TFDS dataset")
+    inspect.set_defaults(run=run_inspect)
 
 
 def run_validate(args) -> int:
@@ -40,6 +48,13 @@ def run_build(args) -> None:
     meta = dataset_metadata(path)
     sizes = ", ".join(f"{k}: {len(v)}" for k, v in meta["subjects"].items())
     print(f"wrote {path} (subjects {sizes}; {len(meta['skipped'])} skipped)")
+
+
+def run_inspect(args) -> None:
+    from headsup_jax.data.inspect import write_contact_sheet
+
+    write_contact_sheet(args.path, args.out, args.subjects, args.views, args.split)
+    print(f"wrote {args.out}")
 
 
 def register_synth(sub) -> None:

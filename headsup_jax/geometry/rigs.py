@@ -13,6 +13,7 @@ from headsup_jax.render import Camera
 from headsup_jax.render.cameras import look_at, look_at_matrix
 
 ASPECT = 0.75  # width / height
+TARGET = (0.0, -0.03, 0.0)  # aim point: between the crown (y = 0.125) and the neck of the templates
 
 
 def image_size(resolution: int) -> tuple[int, int]:
@@ -26,34 +27,36 @@ def _spherical(radius, azimuth_deg, elevation_deg) -> np.ndarray:
     return radius * np.array([np.cos(el) * np.sin(az), np.sin(el), np.cos(el) * np.cos(az)])
 
 
-def frontal16(resolution: int = 1000, radius: float = 1.0, fov_y_degrees: float = 26.0) -> list[Camera]:
-    """16 cameras on the frontal hemisphere in three rows (5 high, 6 level, 5 low), all aimed at the head."""
+def frontal16(resolution: int = 1000, radius: float = 1.0, fov_y_degrees: float = 26.0,
+              target=TARGET) -> list[Camera]:
+    """16 cameras on the frontal hemisphere in three rows (5 high, 6 level, 5 low), all aimed at `target`."""
     width, height = image_size(resolution)
     rows = [(25.0, (-60, -30, 0, 30, 60)), (0.0, (-75, -45, -15, 15, 45, 75)), (-20.0, (-60, -30, 0, 30, 60))]
-    return [look_at(_spherical(radius, az, el), width, height, fov_y_degrees)
+    return [look_at(target + _spherical(radius, az, el), width, height, fov_y_degrees, target)
             for el, azimuths in rows for az in azimuths]
 
 
-def dome80(resolution: int = 1000, radius: float = 1.2, fov_y_degrees: float = 22.0,
-           min_elevation: float = -35.0, max_elevation: float = 70.0) -> list[Camera]:
+def dome80(resolution: int = 1000, radius: float = 1.2, fov_y_degrees: float = 24.0,
+           min_elevation: float = -35.0, max_elevation: float = 70.0, target=TARGET) -> list[Camera]:
     """80 cameras all around the head on a dome (golden-spiral spacing between the two elevations)."""
     width, height = image_size(resolution)
     k = np.arange(80) + 0.5
     lo, hi = np.sin(np.radians([min_elevation, max_elevation]))
     elevation = np.degrees(np.arcsin(lo + (hi - lo) * k / 80))
     azimuth = np.degrees(np.pi * (3.0 - np.sqrt(5.0)) * k) % 360.0
-    return [look_at(_spherical(radius, az, el), width, height, fov_y_degrees) for az, el in zip(azimuth, elevation)]
+    return [look_at(target + _spherical(radius, az, el), width, height, fov_y_degrees, target)
+            for az, el in zip(azimuth, elevation)]
 
 
 def random_rig(num: int, seed: int, resolution: int = 1000, radius=(0.8, 1.3), azimuth=(-90.0, 90.0),
-               elevation=(-30.0, 40.0), fov_y_degrees=(18.0, 30.0)) -> list[Camera]:
+               elevation=(-30.0, 40.0), fov_y_degrees=(20.0, 30.0), target=TARGET) -> list[Camera]:
     """`num` cameras at uniformly random spherical positions and fields of view (ranges are (low, high))."""
     rng = np.random.default_rng(seed)
     width, height = image_size(resolution)
     cams = []
     for _ in range(num):
         r, az, el, fov = (rng.uniform(*bounds) for bounds in (radius, azimuth, elevation, fov_y_degrees))
-        cams.append(look_at(_spherical(r, az, el), width, height, fov))
+        cams.append(look_at(target + _spherical(r, az, el), width, height, fov, target))
     return cams
 
 
@@ -102,4 +105,4 @@ def make_rig(name: str, resolution: int, seed: int = 0, noise: Jitter | None = N
     return cams if noise is None else jitter(cams, seed, noise)
 
 
-__all__ = ["ASPECT", "Jitter", "dome80", "frontal16", "image_size", "jitter", "make_rig", "random_rig"]
+__all__ = ["ASPECT", "TARGET", "Jitter", "dome80", "frontal16", "image_size", "jitter", "make_rig", "random_rig"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import scipy.ndimage
 
 from headsup_jax.geometry.uv_raster import rasterize_uv
 
@@ -94,13 +95,12 @@ def paint(basis: TexelBasis, rng: np.random.Generator) -> np.ndarray:
     tex = _mix(tex, skin * np.array([1.15, 0.7, 0.7]), rng.uniform(0.0, 0.5) * blush)
     face = np.exp(-np.sum(rel ** 2, -1) / (2 * 0.06 ** 2))
     n_freckles = int(rng.uniform() ** 3 * 400)
-    if n_freckles:
+    if n_freckles:  # dots on face texels, blurred in texture space
         idx = np.flatnonzero(basis.valid.ravel() & (rng.random(T * T) < face.ravel()))
-        centers = P.reshape(-1, 3)[rng.choice(idx, min(n_freckles, len(idx)), replace=False)]
-        dark = np.zeros((T, T))
-        for c in centers:
-            dark = np.maximum(dark, np.exp(-np.sum((P - c) ** 2, -1) / (2 * 0.0012 ** 2)))
-        tex *= (1 - 0.35 * dark)[..., None]
+        dots = np.zeros(T * T)
+        dots[rng.choice(idx, min(n_freckles, len(idx)), replace=False)] = 1.0
+        dark = scipy.ndimage.gaussian_filter(dots.reshape(T, T), sigma=T / 512)
+        tex *= (1 - 0.35 * dark / max(dark.max(), 1e-9))[..., None]
     hair = HAIR[rng.integers(len(HAIR))] * np.exp(rng.normal(0, 0.1, 3))
     for k, s in ((0, 1.0), (1, -1.0)):  # brows above each eye, from the nose side outwards
         e = basis.eyes[k]

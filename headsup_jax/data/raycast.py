@@ -45,19 +45,21 @@ def sample_texture(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
 
 
 def _rays(camera, supersample: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Origins [P, 3], unit directions [P, 3] (world) and camera-z per unit length [P] of all samples."""
+    """Origins [P, 3], unit directions [P, 3] (world, float32) and camera z per unit length [P] of all samples."""
     W, H, s = camera.width, camera.height, supersample
-    offsets = (np.arange(s) + 0.5) / s
-    u = (np.arange(W)[:, None] + offsets[None]).reshape(-1)  # [W*s]
-    v = (np.arange(H)[:, None] + offsets[None]).reshape(-1)  # [H*s]
-    uu, vv = np.meshgrid(u, v)  # [H*s, W*s]
-    pix = np.stack([uu, vv, np.ones_like(uu)], -1).reshape(-1, 3)
-    d_cam = pix @ np.linalg.inv(np.asarray(camera.K, np.float64)).T
+    u = ((np.arange(W * s) + 0.5) / s).astype(np.float32)  # sample positions in pixel units
+    v = ((np.arange(H * s) + 0.5) / s).astype(np.float32)
+    Kinv = np.linalg.inv(np.asarray(camera.K, np.float64)).astype(np.float32)
+    d_cam = np.empty((H * s, W * s, 3), np.float32)
+    d_cam[..., 0] = Kinv[0, 0] * u[None, :] + Kinv[0, 1] * v[:, None] + Kinv[0, 2]
+    d_cam[..., 1] = Kinv[1, 1] * v[:, None] + Kinv[1, 2]
+    d_cam[..., 2] = 1.0
+    d_cam = d_cam.reshape(-1, 3)
     d_cam /= np.linalg.norm(d_cam, axis=-1, keepdims=True)
     w2c = np.asarray(camera.world_to_cam, np.float64)
     R, t = w2c[:3, :3], w2c[:3, 3]
-    origin = -R.T @ t
-    return np.broadcast_to(origin, d_cam.shape), d_cam @ R, d_cam[:, 2]
+    origin = (-R.T @ t).astype(np.float32)
+    return np.broadcast_to(origin, d_cam.shape), d_cam @ R.astype(np.float32), d_cam[:, 2]
 
 
 class MeshRenderer:
@@ -67,26 +69,27 @@ class MeshRenderer:
         self.surface = surface
         self.scene = rtcs.EmbreeScene()
         TriangleMesh(self.scene, surface.vertices[surface.faces].astype(np.float32))
-        self.normals = vertex_normals(surface.vertices.astype(np.float64), surface.faces)
+        self.corner_normals = vertex_normals(surface.vertices.astype(np.float64), surface.faces)[surface.faces]
+        self.corner_normals = self.corner_normals.astype(np.float32)  # [F, 3, 3]
+        self.corner_uvs = surface.uvs[surface.face_uvs].astype(np.float32)  # [F, 3, 2]
 
     def render(self, camera, lighting: Lighting, background: np.ndarray, supersample: int = 2):
         """-> rgb [H, W, 3] float32 in [0, 1] (sRGB), mask [H, W] float32 coverage, depth [H, W] metres (0: none)."""
         W, H, s = camera.width, camera.height, supersample
         origins, dirs, z_per_t = _rays(camera, s)
-        hit = self.scene.run(origins.astype(np.float32), dirs.astype(np.float32), output=1)
-        tri = hit["primID"]
-        ok = tri >= 0
-        f = tri[ok]
-        b = np.stack([1 - hit["u"][ok] - hit["v"][ok], hit["u"][ok], hit["v"][ok]], -1)[..., None]  # [P, 3, 1]
-        srf = self.surface
-        normal = (self.normals[srf.faces[f]] * b).sum(1)
+        hit = self.scene.run(np.ascontiguousarray(origins), dirs, output=1)
+        ok = hit["primID"] >= 0
+        f = hit["primID"][ok]
+        b = np.stack([1 - hit["u"][ok] - hit["v"][ok], hit["u"][ok], hit["v"][ok]], -1)  # [P, 3]
+        normal = np.einsum("pk,pkc->pc", b, self.corner_normals[f])
         normal /= np.maximum(np.linalg.norm(normal, axis=-1, keepdims=True), 1e-12)
-        normal *= np.where((normal * dirs[ok]).sum(-1, keepdims=True) > 0, -1.0, 1.0)  # face the camera
-        albedo = sample_texture(srf.texture, (srf.uvs[srf.face_uvs[f]] * b).sum(1))
+        normal *= np.where(np.einsum("pc,pc->p", normal, dirs[ok]) > 0, -1.0, 1.0).astype(np.float32)[:, None]
+        albedo = sample_texture(self.surface.texture, np.einsum("pk,pkc->pc", b, self.corner_uvs[f]))
         irradiance = lighting.ambient + np.clip(normal @ lighting.directions.T, 0, None) @ lighting.colors
-        linear = np.broadcast_to(np.asarray(background, np.float64) ** 2.2, (len(tri), 3)).copy()
-        linear[ok] = albedo * irradiance
-        rgb = np.clip(linear, 0, 1).reshape(H, s, W, s, 3).mean((1, 3)) ** (1 / 2.2)  # average in linear
+        linear = np.empty((len(ok), 3), np.float32)
+        linear[:] = np.asarray(background, np.float32) ** 2.2
+        linear[ok] = np.clip(albedo * irradiance, 0, 1)
+        rgb = linear.reshape(H, s, W, s, 3).mean((1, 3)) ** (1 / 2.2)  # average in linear
         mask = ok.reshape(H, s, W, s).mean((1, 3))
         depth = np.where(ok, hit["tfar"] * z_per_t, 0.0).reshape(H, s, W, s)[:, s // 2, :, s // 2]
         return rgb.astype(np.float32), mask.astype(np.float32), depth.astype(np.float32)

@@ -6,6 +6,7 @@ import sys
 # group name -> module exposing `register(subparsers)`; imported only when needed (keeps --help fast).
 COMMAND_GROUPS = {
     "render": "headsup_jax.render.cli",
+    "template": "headsup_jax.geometry.cli",
     "data": "headsup_jax.data.cli",
 }
 

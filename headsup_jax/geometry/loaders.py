@@ -12,7 +12,7 @@ import pickle
 
 import numpy as np
 
-from headsup_jax.geometry.obj import read_obj, read_obj_vertices
+from headsup_jax.geometry.obj import read_obj, read_obj_vertices, write_obj
 from headsup_jax.geometry.procedural import procedural_template
 from headsup_jax.geometry.template import HeadTemplate
 
@@ -96,6 +96,17 @@ def load_obj_template(obj_path, blendshape_dir=None, scale: float = 1.0, name: s
         face_uvs=mesh.face_uvs, regions=regions, expression_names=tuple(p.stem for p in shapes),
         expression_deltas=_shapes(shapes, mesh.vertices, scale, obj_path.name), identity_deltas=identity,
         landmarks=None, name=name or obj_path.name)
+
+
+def save_obj_template(template: HeadTemplate, obj_path) -> pathlib.Path:
+    """Writes `template` as HEAD.obj (regions as groups) and HEAD_blendshapes/<name>.obj (full shapes),
+    the layout `load_template("HEAD.obj")` reads back. Returns the blendshape folder."""
+    obj_path = pathlib.Path(obj_path)
+    folder = obj_path.with_name(obj_path.stem + "_blendshapes")
+    write_obj(obj_path, template.vertices, template.faces, template.uvs, template.face_uvs, template.regions or None)
+    for name, delta in zip(template.expression_names, template.expression_deltas):
+        write_obj(folder / f"{name}.obj", template.vertices + delta, template.faces)
+    return folder
 
 
 def load_ict_folder(folder) -> HeadTemplate:

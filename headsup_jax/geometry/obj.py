@@ -81,22 +81,25 @@ def read_obj(path) -> ObjMesh:
 
 
 def write_obj(path, vertices, faces, uvs=None, face_uvs=None, groups=None) -> None:
-    """Writes triangles (with texture indices when given), one `g` block per group; atomic."""
+    """Writes triangles in order (with texture indices when given), `g` lines where the group changes; atomic."""
     path = pathlib.Path(path)
     faces = np.asarray(faces)
     lines = [f"v {x:.9g} {y:.9g} {z:.9g}" for x, y, z in np.asarray(vertices, np.float64)]
     if uvs is not None:
         lines += [f"vt {u:.9g} {v:.9g}" for u, v in np.asarray(uvs, np.float64)]
-    blocks = groups.items() if groups else [("default", np.arange(len(faces)))]
-    for name, idx in blocks:
-        lines.append(f"g {name}")
-        for i in np.asarray(idx):
-            a, b, c = faces[i] + 1
-            if face_uvs is None:
-                lines.append(f"f {a} {b} {c}")
-            else:
-                ta, tb, tc = np.asarray(face_uvs)[i] + 1
-                lines.append(f"f {a}/{ta} {b}/{tb} {c}/{tc}")
+    group_of_face = np.full(len(faces), "default", object)
+    for name, idx in (groups or {}).items():
+        group_of_face[np.asarray(idx)] = name
+    current = None
+    for i, (a, b, c) in enumerate(faces + 1):
+        if group_of_face[i] != current:
+            current = group_of_face[i]
+            lines.append(f"g {current}")
+        if face_uvs is None:
+            lines.append(f"f {a} {b} {c}")
+        else:
+            ta, tb, tc = np.asarray(face_uvs)[i] + 1
+            lines.append(f"f {a}/{ta} {b}/{tb} {c}/{tc}")
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 

@@ -1,7 +1,8 @@
 """Splitting selected UV triangles into charts and packing the charts into one square atlas.
 
 A chart is a set of triangles connected through shared UV indices and wound the same way in UV (so
-mirrored or folded pieces become charts of their own). Each chart's UV bounding box is scaled so that
+mirrored or folded pieces become charts of their own); triangles that still overlap another triangle
+of their chart (a fold within one winding) are detached into one-triangle charts. Each chart's UV bounding box is scaled so that
 all charts get the same texel density on the surface (rectangle area proportional to 3D area) and the
 rectangles are shelf-packed, with a gutter between them, into the unit square at the largest scale
 that fits. Charts are only scaled and translated, never rotated.
@@ -19,8 +20,51 @@ def signed_uv_area(tri_uv: np.ndarray) -> np.ndarray:
     return 0.5 * (e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])
 
 
+def _candidate_pairs(tri_uv: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Pairs of triangles of the same group whose bounding boxes share a grid cell. [P, 2]"""
+    lo, hi = tri_uv.min(1), tri_uv.max(1)
+    cell = 2 * np.median(hi - lo) + 1e-12
+    c_lo, c_hi = np.floor(lo / cell).astype(np.int64), np.floor(hi / cell).astype(np.int64)
+    span = c_hi - c_lo
+    ids, keys = [], []
+    for dx in range(int(span[:, 0].max()) + 1):
+        for dy in range(int(span[:, 1].max()) + 1):
+            ok = (dx <= span[:, 0]) & (dy <= span[:, 1])
+            ids.append(np.flatnonzero(ok))
+            keys.append(np.stack([group[ok], c_lo[ok, 0] + dx, c_lo[ok, 1] + dy], -1))
+    ids, keys = np.concatenate(ids), np.concatenate(keys)
+    order = np.lexsort((ids, keys[:, 2], keys[:, 1], keys[:, 0]))
+    ids, keys = ids[order], keys[order]
+    pairs = [np.zeros((0, 2), np.int64)]
+    for k in range(1, len(ids)):
+        same = (keys[k:] == keys[:-k]).all(1)
+        if not same.any():
+            break
+        pairs.append(np.stack([ids[:-k][same], ids[k:][same]], -1))
+    return np.unique(np.sort(np.concatenate(pairs), 1), axis=0)
+
+
+def overlapping(tri_uv: np.ndarray, group: np.ndarray, tol: float = 1e-9) -> np.ndarray:
+    """Triangles whose interior overlaps another triangle of the same group (separating axes; shared
+    edges and corners do not count). [F] bool"""
+    pairs = _candidate_pairs(tri_uv, group)
+    a, b = tri_uv[pairs[:, 0]], tri_uv[pairs[:, 1]]
+    separated = np.zeros(len(pairs), bool)
+    for t in (a, b):
+        for k in range(3):
+            edge = t[:, (k + 1) % 3] - t[:, k]
+            axis = np.stack([-edge[:, 1], edge[:, 0]], -1)  # [P, 2]
+            pa, pb = np.einsum("pkc,pc->pk", a, axis), np.einsum("pkc,pc->pk", b, axis)
+            gap = np.maximum(pb.min(1) - pa.max(1), pa.min(1) - pb.max(1))
+            separated |= gap >= -tol * np.linalg.norm(axis, axis=-1)
+    out = np.zeros(len(tri_uv), bool)
+    out[pairs[~separated].ravel()] = True
+    return out
+
+
 def chart_labels(face_uvs: np.ndarray, tri_uv: np.ndarray) -> np.ndarray:
-    """Chart index per triangle: connected through shared UV indices, split by winding. [F]"""
+    """Chart index per triangle: connected through shared UV indices, split by winding, folds
+    detached. [F]"""
     flipped = signed_uv_area(tri_uv) < 0
     n = int(face_uvs.max()) + 1 if face_uvs.size else 0
     node = face_uvs + n * flipped[:, None]  # the two windings never share a node  # [F, 3]
@@ -29,7 +73,9 @@ def chart_labels(face_uvs: np.ndarray, tri_uv: np.ndarray) -> np.ndarray:
     graph = sp.coo_matrix((np.ones(rows.size, np.int8), (rows, cols)), shape=(2 * n, 2 * n))
     _, label = connected_components(graph, directed=False)
     _, chart = np.unique(label[node[:, 0]], return_inverse=True)
-    return chart.astype(np.int32)
+    folded = overlapping(tri_uv, chart)
+    chart[folded] = chart.max() + 1 + np.arange(folded.sum())
+    return np.unique(chart, return_inverse=True)[1].astype(np.int32)
 
 
 def _shelf(widths, heights, order, bin_width):

@@ -45,7 +45,7 @@ def _radius(phi, y):
              + 0.006 * (_bump(phi, y, 0.55, -0.015, 0.25, 0.03) + _bump(phi, y, -0.55, -0.015, 0.25, 0.03))
              + 0.007 * _bump(phi, y, 0, MOUTH_Y, 0.25, 0.008)  # lips
              + 0.012 * _bump(phi, y, 0, -0.085, 0.22, 0.015)  # chin
-             + 0.018 * (_bump(phi, y, 1.65, 0.01, 0.12, 0.03) + _bump(phi, y, -1.65, 0.01, 0.12, 0.03)))  # ears
+             + 0.012 * (_bump(phi, y, 1.62, 0.0, 0.09, 0.022) + _bump(phi, y, -1.62, 0.0, 0.09, 0.022)))  # ears
     taper = _smoothstep(BOTTOM_Y, BOTTOM_Y + 0.04, y) * (1 - _smoothstep(TOP_Y - 0.04, TOP_Y, y))
     return r + bumps * taper
 
@@ -97,7 +97,7 @@ def _expressions(v: np.ndarray) -> dict:
     jaw = front * (1 - _smoothstep(MOUTH_Y - 0.02, MOUTH_Y - 0.004, y)) * _smoothstep(-0.13, -0.1, y)
     g = lambda p0, y0, sp, sy: _bump(phi, y, p0, y0, sp, sy)[:, None]  # noqa: E731
     out = {
-        "jawOpen": jaw[:, None] * np.array([0.0, -0.018, -0.006]),
+        "jawOpen": jaw[:, None] * np.array([0.0, -0.025, -0.008]),
         "jawLeft": jaw[:, None] * np.array([0.008, 0.0, 0.0]),
         "jawRight": jaw[:, None] * np.array([-0.008, 0.0, 0.0]),
         "mouthPucker": g(0, MOUTH_Y, 0.2, 0.01) * (np.array([0.0, 0.0, 0.01]) - 0.3 * x[:, None] * np.array([1, 0, 0])),

@@ -76,95 +76,117 @@ def alpha_grads(d_alpha, alpha, falloff, dx, dy, attrs, rules: CompositingRules)
 
 
 # ----------------------------------------------------------------------------------------------------
-# XLA backend: all tiles at once, each list walked in chunks of `chunk` Gaussians.
+# XLA backend: groups of tiles at once, each list walked entry by entry (as the Pallas kernel does).
 
 
-def _chunk(attrs, start, chunk):
-    """Rows of entries [start, start + chunk) of every tile, each [T, chunk, 1] (pixels broadcast last)."""
-    block = jax.lax.dynamic_slice_in_dim(attrs, start, chunk, axis=2)  # [T, A, C]
-    return [block[:, i, :, None] for i in range(NUM_ATTRS)]
+TILE_GROUP = 64  # tiles composited together; groups run one after another, longest lists first
 
 
-def xla_forward(attrs, counts, grid: TileGrid, rules: CompositingRules, chunk: int = 32, autodiff: bool = False):
-    """Forward pass. With `autodiff=True` it scans all K entries (static trip count) so that plain JAX
-    autodiff can differentiate it; that stores per-chunk intermediates (the baseline of the benchmark)."""
-    num_tiles, _, capacity = attrs.shape
-    assert capacity % chunk == 0, (capacity, chunk)
+def _in_tile_groups(fn, counts, *tile_arrays, group: int = TILE_GROUP):
+    """Applies `fn(counts, *arrays)` to groups of tiles of similar list length, one group at a time.
+
+    Sorting tiles by list length makes each group's loop as long as its own longest list (not the
+    image's), and a group's working set stays small enough for the cache. Outputs return in tile order.
+    """
+    num_tiles = counts.shape[0]
+    size = min(group, num_tiles)
+    n_groups = -(-num_tiles // size)
+    order = jnp.argsort(-counts)
+    pad = n_groups * size - num_tiles
+
+    def split(x):  # [T, ...] -> [n_groups, size, ...]
+        x = jnp.concatenate([x[order], jnp.zeros((pad,) + x.shape[1:], x.dtype)])
+        return x.reshape((n_groups, size) + x.shape[1:])
+
+    def merge(y):  # [n_groups, size, ...] -> [T, ...]
+        y = y.reshape((n_groups * size,) + y.shape[2:])[:num_tiles]
+        return jnp.zeros_like(y).at[order].set(y)
+
+    outs = jax.lax.map(lambda xs: fn(*xs), (split(counts),) + tuple(split(a) for a in tile_arrays))
+    return jax.tree.map(merge, outs)
+
+
+def xla_forward(attrs, counts, grid: TileGrid, rules: CompositingRules, autodiff: bool = False):
+    """Forward pass over groups of tiles. With `autodiff=True` all tiles scan all K entries at once
+    (static trip count) so that plain JAX autodiff can differentiate it; that stores per-entry
+    intermediates (the baseline of the benchmark)."""
     centers = pixel_centers(grid, attrs.dtype)
-    px, py = centers[:, None, 0, :], centers[:, None, 1, :]  # [T, 1, PIX]
-    n_chunks = (jnp.max(counts, initial=0) + chunk - 1) // chunk
-    slots = jnp.arange(chunk)[None, :, None]
-    pix = grid.pixels_per_tile
+    if autodiff:
+        return _forward_tiles(counts, attrs, centers, rules=rules, autodiff=True)
+    return _in_tile_groups(functools.partial(_forward_tiles, rules=rules), counts, attrs, centers, group=TILE_GROUP)
+
+
+def xla_backward(attrs, counts, out, last, d_out, grid: TileGrid, rules: CompositingRules):
+    centers = pixel_centers(grid, attrs.dtype)
+    return _in_tile_groups(functools.partial(_backward_tiles, rules=rules), counts, attrs, centers, out, last, d_out,
+                           group=TILE_GROUP)
+
+
+def _entry(attrs, k):
+    """Attributes of entry k of every tile, in ROWS order, each [T, 1] (pixels broadcast last)."""
+    column = jax.lax.dynamic_index_in_dim(attrs, k, axis=2, keepdims=False)  # [T, A]
+    return [column[:, i, None] for i in range(NUM_ATTRS)]
+
+
+def _forward_tiles(counts, attrs, centers, *, rules: CompositingRules, autodiff: bool = False):
+    """Composites the lists of some tiles entry by entry. counts [T], attrs [T, A, K], centers [T, 2, PIX]."""
+    num_tiles, _, capacity = attrs.shape
+    px, py = centers[:, 0], centers[:, 1]  # [T, PIX]
 
     def body(state):
-        c, trans, acc, done, last = state
-        rows = _chunk(attrs, c * chunk, chunk)
-        alpha, _, _, _ = gaussian_alpha(rows, px, py, rules)  # [T, C, PIX]
-        alpha = jnp.where(c * chunk + slots < counts[:, None, None], alpha, 0.0)
-        after = trans[:, None, :] * jnp.cumprod(1.0 - alpha, axis=1)  # transmittance after each entry
-        keep = (after > rules.min_transmittance) & ~done[:, None, :]  # a prefix of the chunk
-        before = jnp.concatenate([trans[:, None, :], after[:, :-1]], axis=1)
-        w = jnp.where(keep, alpha * before, 0.0)  # [T, C, PIX]
-        values = jnp.stack(rows[6:10], 1)[..., 0]  # [T, 4, C] colour and depth
-        acc = acc + jnp.einsum("tvc,tcp->tvp", values, w)
-        stops = ~done & (after[:, -1] <= rules.min_transmittance)
-        last = jnp.where(stops, c * chunk + jnp.sum(keep, axis=1, dtype=last.dtype), last)
-        trans = jnp.where(jnp.any(keep, 1), jnp.min(jnp.where(keep, after, jnp.inf), 1), trans)
-        return c + 1, trans, acc, done | stops, last
+        k, trans, acc, done, last = state
+        e = _entry(attrs, k)
+        alpha, _, _, _ = gaussian_alpha(e, px, py, rules)  # [T, PIX]
+        alpha = jnp.where(k < counts[:, None], alpha, 0.0)
+        after = trans * (1.0 - alpha)
+        stops = ~done & (alpha > 0) & (after <= rules.min_transmittance)
+        keep = ~done & ~stops
+        w = jnp.where(keep, alpha * trans, 0.0)
+        acc = acc + jnp.stack(e[6:10], 1) * w[:, None, :]  # [T, 4, PIX] colour and depth
+        return k + 1, jnp.where(keep, after, trans), acc, done | stops, jnp.where(stops, k, last)
 
+    pix = centers.shape[-1]
     init = (
         jnp.int32(0),
         jnp.ones((num_tiles, pix), attrs.dtype),
         jnp.zeros((num_tiles, 4, pix), attrs.dtype),
         jnp.zeros((num_tiles, pix), bool),
-        jnp.broadcast_to(counts[:, None], (num_tiles, pix)).astype(jnp.int32),
+        jnp.zeros((num_tiles, pix), jnp.int32),
     )
     if autodiff:
-        (_, trans, acc, _, last), _ = jax.lax.scan(lambda s, _: (body(s), None), init, length=capacity // chunk)
+        (_, trans, acc, done, last), _ = jax.lax.scan(lambda s, _: (body(s), None), init, length=capacity)
     else:
-        _, trans, acc, _, last = jax.lax.while_loop(lambda s: (s[0] < n_chunks) & ~jnp.all(s[3]), body, init)
-    out = jnp.concatenate([acc, trans[:, None, :]], axis=1)  # [T, 5, PIX]
-    return out, last
+        n = jnp.max(counts, initial=0)
+        _, trans, acc, done, last = jax.lax.while_loop(lambda s: (s[0] < n) & ~jnp.all(s[3]), body, init)
+    last = jnp.where(done, last, counts[:, None])  # pixels that never stopped: the whole list
+    return jnp.concatenate([acc, trans[:, None, :]], axis=1), last  # [T, 5, PIX], [T, PIX]
 
 
-def xla_backward(attrs, counts, out, last, d_out, grid: TileGrid, rules: CompositingRules, chunk: int = 32):
-    num_tiles, _, capacity = attrs.shape
-    centers = pixel_centers(grid, attrs.dtype)
-    px, py = centers[:, None, 0, :], centers[:, None, 1, :]
-    slots = jnp.arange(chunk)[None, :, None]
-    n_chunks = (jnp.max(counts, initial=0) + chunk - 1) // chunk
+def _backward_tiles(counts, attrs, centers, out, last, d_out, *, rules: CompositingRules):
+    """Cotangents of the attributes of some tiles, walking their lists back from the final transmittance."""
+    del counts  # `last` bounds every pixel's list
+    px, py = centers[:, 0], centers[:, 1]  # [T, PIX]
     d_values = d_out[:, :4]  # [T, 4, PIX] cotangents of colour and depth
     trans_final = out[:, 4]
-    # S: the cotangent-weighted sum of everything behind the current entry, incl. the final transmittance.
-    tail0 = d_out[:, 4] * trans_final
 
     def body(state):
-        c, trans, tail, grads = state
-        rows = _chunk(attrs, c * chunk, chunk)
-        alpha, falloff, dx, dy = gaussian_alpha(rows, px, py, rules)  # [T, C, PIX]
-        index = c * chunk + slots
-        alpha = jnp.where((index < counts[:, None, None]) & (index < last[:, None, :]), alpha, 0.0)
+        k, trans, tail, grads = state  # tail: cotangent-weighted sum of all behind entry k
+        e = _entry(attrs, k)
+        alpha, falloff, dx, dy = gaussian_alpha(e, px, py, rules)
+        alpha = jnp.where(k < last, alpha, 0.0)
         one_minus = 1.0 - alpha
-        start = trans / jnp.prod(one_minus, axis=1)  # transmittance before the chunk
-        before = start[:, None, :] * jnp.concatenate(
-            [jnp.ones_like(one_minus[:, :1]), jnp.cumprod(one_minus, axis=1)[:, :-1]], axis=1
-        )
-        w = alpha * before  # [T, C, PIX]
-        values = jnp.stack(rows[6:10], 1)[..., 0]  # [T, 4, C]
-        v = jnp.einsum("tvp,tvc->tcp", d_values, values)  # [T, C, PIX]
-        vw = v * w
-        behind = tail[:, None, :] + jnp.flip(jnp.cumsum(jnp.flip(vw, 1), 1), 1) - vw  # S_k
-        d_alpha = jnp.where(alpha > 0, before * v - behind / one_minus, 0.0)
-        d_geom = alpha_grads(d_alpha, alpha, falloff, dx, dy, rows, rules)
-        d_geom = jnp.stack([jnp.sum(g, -1) for g in d_geom], 1)  # [T, 6, C]
-        d_vals = jnp.einsum("tvp,tcp->tvc", d_values, w)  # [T, 4, C]
-        block = jnp.concatenate([d_geom, d_vals], 1)  # [T, A, C]
-        grads = jax.lax.dynamic_update_slice_in_dim(grads, block, c * chunk, axis=2)
-        return c - 1, start, tail + jnp.sum(vw, 1), grads
+        before = trans / one_minus
+        w = alpha * before
+        v = jnp.sum(d_values * jnp.stack(e[6:10], 1), 1)  # [T, PIX]
+        d_alpha = jnp.where(alpha > 0, before * v - tail / one_minus, 0.0)
+        d_geom = alpha_grads(d_alpha, alpha, falloff, dx, dy, e, rules)
+        column = jnp.concatenate([jnp.stack([jnp.sum(g, -1) for g in d_geom], 1),
+                                  jnp.sum(d_values * w[:, None, :], -1)], 1)  # [T, A]
+        grads = jax.lax.dynamic_update_index_in_dim(grads, column, k, axis=2)
+        return k - 1, before, tail + v * w, grads
 
-    init = (n_chunks - 1, trans_final, tail0, jnp.zeros_like(attrs))
-    _, _, _, grads = jax.lax.while_loop(lambda s: s[0] >= 0, body, init)
-    return grads
+    init = (jnp.max(last, initial=0) - 1, trans_final, d_out[:, 4] * trans_final, jnp.zeros_like(attrs))
+    return jax.lax.while_loop(lambda s: s[0] >= 0, body, init)[3]
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Synthetic subjects: deterministic per (seed, index), valid capture folders, consistent ground truth, and
 the full round trip synth -> validate -> TFDS -> Grain, where the batch's cameras put the subject's mesh
 silhouette on the right pixels of its masks."""
+import dataclasses
 import json
 
 import grain
@@ -70,6 +71,9 @@ def test_expression_frames(tmp_path):
     assert neutral.blendshapes == {} and 1 <= len(expr.blendshapes) <= 3
     assert all(0.3 <= w <= 1 for w in expr.blendshapes.values())
     assert json.loads((tmp_path / "synth.json").read_text())["frames"] == 2
+    assert generate(tmp_path, 1, cfg, progress=False) == 0  # finished subjects are skipped
+    with pytest.raises(ValueError, match="was generated with"):
+        generate(tmp_path, 1, dataclasses.replace(cfg, seed=2), progress=False)
 
 
 def _bbox(points_u, points_v):

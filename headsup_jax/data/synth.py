@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import json
 import multiprocessing
 import pathlib
 
@@ -141,7 +142,13 @@ def generate(out, num_subjects: int, config: SynthConfig, workers: int = 1, star
     """Write subjects start..start+num_subjects-1 under `out` (finished ones are skipped unless `overwrite`).
     Returns the number of views rendered."""
     out = pathlib.Path(out)
-    write_json_atomic(out / "synth.json", {**dataclasses.asdict(config), "subjects": start + num_subjects})
+    info = {**dataclasses.asdict(config), "subjects": start + num_subjects}
+    if (out / "synth.json").exists():
+        previous = json.loads((out / "synth.json").read_text())
+        if {k: v for k, v in previous.items() if k != "subjects"} != {k: v for k, v in info.items() if k != "subjects"}:
+            raise ValueError(f"{out / 'synth.json'}: {out} was generated with {previous}, not {info}")
+        info["subjects"] = max(info["subjects"], previous["subjects"])
+    write_json_atomic(out / "synth.json", info)
     todo = [(i, out) for i in range(start, start + num_subjects) if overwrite or not _done(out, i, config.frames)]
     bar = tqdm(total=len(todo), unit="subject", disable=not progress)
     views = 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from headsup_jax.geometry.template import HeadTemplate, vertex_normals
+from headsup_jax.geometry.template import HeadTemplate
 
 # Landmark heights (metres) and azimuths (radians, 0 = front, + toward the subject's left, +x).
 MOUTH_Y, MOUTH_CORNER = -0.045, 0.28
@@ -112,17 +112,20 @@ def _expressions(v: np.ndarray) -> dict:
     return out
 
 
-def _identity_modes(v: np.ndarray, normals: np.ndarray, count: int, seed: int) -> np.ndarray:
-    """Smooth shape modes: 3 axis scalings, then random low-frequency normal displacements. [I, V, 3]"""
+def _identity_modes(v: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Smooth shape modes: 3 axis scalings, then random low-frequency displacements away from a point
+    inside the head (a smooth direction field, unlike the normals around the nose). [I, V, 3]"""
     rng = np.random.default_rng(seed)
     p = v / 0.1
+    outward = v - np.array([0.0, -0.02, 0.0])
+    outward /= np.linalg.norm(outward, axis=1, keepdims=True)
     modes = [0.04 * v * np.eye(3)[k] for k in range(3)]
     for _ in range(count - 3):
         w = rng.normal(size=(4, 3)) * 1.5
         b = rng.uniform(0, 2 * np.pi, size=4)
         f = np.sin(p @ w.T + b).sum(-1)
         f = 0.003 * f / np.sqrt(np.mean(f ** 2))  # 3 mm RMS per unit coefficient
-        modes.append(f[:, None] * normals)
+        modes.append(f[:, None] * outward)
     return np.stack(modes[:count])
 
 
@@ -130,7 +133,6 @@ def procedural_template(num_rings: int = 72, segments: int = 96, num_identity: i
                         seed: int = 0) -> HeadTemplate:
     """The built-in head (about 6.8k vertices, 13.6k triangles at the defaults)."""
     verts, faces, uvs, fuvs = _mesh(num_rings, segments)
-    normals = vertex_normals(verts, faces)
     centre = verts[faces].mean(1)  # [F, 3]
     phi, y = np.arctan2(centre[:, 0], centre[:, 2]), centre[:, 1]
     is_face = (np.abs(phi) < 1.0) & (y > -0.11) & (y < 0.075)
@@ -142,5 +144,5 @@ def procedural_template(num_rings: int = 72, segments: int = 96, num_identity: i
         vertices=verts.astype(np.float32), faces=faces.astype(np.int32), uvs=uvs.astype(np.float32),
         face_uvs=fuvs.astype(np.int32), regions=regions, expression_names=names,
         expression_deltas=np.stack([expr[k] for k in names]).astype(np.float32),
-        identity_deltas=_identity_modes(verts, normals, num_identity, seed).astype(np.float32),
+        identity_deltas=_identity_modes(verts, num_identity, seed).astype(np.float32),
         landmarks=None, name="procedural")

@@ -104,3 +104,40 @@ def test_round_trip_batch_cameras_match_the_mesh(synth_dir, tmp_path):
             np.testing.assert_allclose(mask_box[inside], mesh_box[inside], atol=1.0)
             checked += int(inside.sum())
     assert checked >= 16
+
+
+def _pupil(image, u, v, r=3):
+    """Sub-pixel centre of the darkest spot within r pixels of (u, v): the painted pupil. image [H, W]"""
+    i0, j0 = int(v), int(u)
+    win = image[i0 - r:i0 + r + 1, j0 - r:j0 + r + 1]
+    a, b = np.clip(np.unravel_index(np.argmin(win), win.shape), 1, 2 * r - 1)
+    w = np.clip(np.median(win) - win[a - 1:a + 2, b - 1:b + 2], 0, None) ** 2
+    dy, dx = np.mgrid[-1:2, -1:2]
+    return j0 - r + b + 0.5 + (w * dx).sum() / w.sum(), i0 - r + a + 0.5 + (w * dy).sum() / w.sum()
+
+
+def test_round_trip_landmarks_land_on_their_pixels(tmp_path):
+    """The eye anchors of each subject's deformed mesh, projected with the batch's cameras (after the
+    pipeline's crop and resize), fall on the pupils painted there, within 1 px."""
+    cfg = SynthConfig(rig="frontal16", resolution=256, seed=3, texture_resolution=512)
+    generate(tmp_path / "caps", 3, cfg, progress=False)
+    ds = build_dataset(tmp_path / "caps", tmp_path / "tfds", split_seed=0, validation=0.0, test=1 / 3)
+    views = ViewSpec(num_inputs=1, num_targets=15, width=176, height=224)  # crops 192x256 to 192x244, shrinks 1.09x
+    batch = next(make_pipeline(load_source(ds, "train"), PipelineConfig(batch_size=2, views=views), seed=0,
+                               shard_options=grain.sharding.ShardOptions(0, 1)))
+    g = Generator(cfg)
+    errors = []
+    for b, subject in enumerate(batch["subject"]):
+        landmarks = g.landmarks(int(subject.decode().split("_")[1]))
+        for m in range(15):
+            K, w2c = batch["target_cameras"]["K"][b, m], batch["target_cameras"]["world_to_cam"][b, m]
+            centre = -w2c[:3, :3].T @ w2c[:3, 3]
+            gray = batch["targets"][b, m].mean(-1)
+            for name in ("eye_left", "eye_right"):
+                p = landmarks[name]
+                if (centre - p)[2] / np.linalg.norm(centre - p) < 0.85:
+                    continue  # only eyes seen nearly head-on (no eyelid or nose in the way)
+                x = w2c[:3, :3] @ p + w2c[:3, 3]
+                u, v = (K @ (x / x[2]))[:2]
+                errors.append(np.hypot(*np.subtract(_pupil(gray, u, v), (u, v))))
+    assert len(errors) >= 8 and max(errors) < 1.0, errors

@@ -32,23 +32,33 @@ class TexelBasis:
     axis: np.ndarray  # [2] (x, z) of the vertical head axis
 
 
-def _feature_points(template):
-    """(eyes [2, 3], mouth [3], mouth half width) from landmarks, or the procedural head's constants."""
+def feature_anchors(template) -> dict:
+    """Face reference points as vertex indices (the point is their mean), so they follow any deformation:
+    eye_left (+x), eye_right, mouth, mouth_left, mouth_right. From the 68 landmarks, or the procedural
+    head's known feature positions."""
     v = np.asarray(template.vertices, np.float64)
     lm = None if template.landmarks is None else np.asarray(template.landmarks)
     if lm is not None and len(lm) == 68:
-        a, b = v[lm[36:42]].mean(0), v[lm[42:48]].mean(0)
-        eyes = np.stack([a, b] if a[0] > b[0] else [b, a])
-        return eyes, v[lm[48:68]].mean(0), 0.5 * np.linalg.norm(v[lm[54]] - v[lm[48]])
+        a, b = lm[36:42], lm[42:48]
+        left, right = (a, b) if v[a, 0].mean() > v[b, 0].mean() else (b, a)
+        corners = (lm[54:55], lm[48:49]) if v[lm[54], 0] > v[lm[48], 0] else (lm[48:49], lm[54:55])
+        return {"eye_left": left, "eye_right": right, "mouth": lm[48:68], "mouth_left": corners[0],
+                "mouth_right": corners[1]}
     if template.name == "procedural":
         from headsup_jax.geometry.procedural import EYE_PHI, EYE_Y, MOUTH_CORNER, MOUTH_Y
 
         phi, y = np.arctan2(v[:, 0], v[:, 2]), v[:, 1]
-        nearest = lambda p, h: v[np.argmin(np.angle(np.exp(1j * (phi - p))) ** 2 + ((y - h) / 0.1) ** 2)]
-        eyes = np.stack([nearest(EYE_PHI, EYE_Y), nearest(-EYE_PHI, EYE_Y)])
-        mouth = nearest(0.0, MOUTH_Y)
-        return eyes, mouth, 0.5 * np.linalg.norm(nearest(MOUTH_CORNER, MOUTH_Y) - nearest(-MOUTH_CORNER, MOUTH_Y))
+        nearest = lambda p, h: np.array([np.argmin(np.angle(np.exp(1j * (phi - p))) ** 2 + ((y - h) / 0.1) ** 2)])
+        return {"eye_left": nearest(EYE_PHI, EYE_Y), "eye_right": nearest(-EYE_PHI, EYE_Y),
+                "mouth": nearest(0.0, MOUTH_Y), "mouth_left": nearest(MOUTH_CORNER, MOUTH_Y),
+                "mouth_right": nearest(-MOUTH_CORNER, MOUTH_Y)}
     raise ValueError(f"template {template.name!r}: appearance needs 68 landmarks to place the eyes and mouth")
+
+
+def anchor_points(anchors: dict, vertices) -> dict:
+    """name -> 3D point of each anchor on (possibly deformed) vertices [V, 3]."""
+    v = np.asarray(vertices, np.float64)
+    return {name: v[idx].mean(0) for name, idx in anchors.items()}
 
 
 def texel_basis(template, resolution: int) -> TexelBasis:
@@ -56,7 +66,9 @@ def texel_basis(template, resolution: int) -> TexelBasis:
     tri, bary, _, valid = rasterize_uv(template.uvs[template.face_uvs].astype(np.float64), resolution)
     corners = np.asarray(template.vertices, np.float64)[template.faces[np.maximum(tri, 0)]]  # [T, T, 3, 3]
     positions = np.where(valid[..., None], np.einsum("ijk,ijkc->ijc", bary, corners), 0.0)
-    eyes, mouth, half_width = _feature_points(template)
+    p = anchor_points(feature_anchors(template), template.vertices)
+    eyes, mouth = np.stack([p["eye_left"], p["eye_right"]]), p["mouth"]
+    half_width = 0.5 * np.linalg.norm(p["mouth_left"] - p["mouth_right"])
     skull = np.asarray(template.vertices)[np.asarray(template.vertices)[:, 1] > mouth[1]]
     axis = 0.5 * (skull[:, [0, 2]].min(0) + skull[:, [0, 2]].max(0))
     return TexelBasis(positions.astype(np.float32), valid, eyes, mouth, float(half_width), axis)

@@ -16,7 +16,7 @@ import pathlib
 import numpy as np
 from tqdm import tqdm
 
-from headsup_jax.data.appearance import paint, texel_basis
+from headsup_jax.data.appearance import anchor_points, feature_anchors, paint, texel_basis
 from headsup_jax.data.blendshapes import ARKIT_BLENDSHAPES
 from headsup_jax.data.capture import CameraSpec, write_capture
 from headsup_jax.data.io import encode_png, write_json_atomic
@@ -86,6 +86,10 @@ class Generator:
         if deltas is None:
             return None
         return np.random.default_rng(_seed(self.config.seed, index, 2)).standard_normal(deltas.shape[0]).astype(np.float32)
+
+    def landmarks(self, index: int, expression: dict | None = None) -> dict:
+        """name -> 3D point (metres) of the face anchors (eyes, mouth) on subject `index`'s mesh."""
+        return anchor_points(feature_anchors(self.template), self.vertices(self.identity(index), expression or {}))
 
     def subject(self, index: int, out: pathlib.Path) -> int:
         """Render and write subject `index`; returns the number of views written."""

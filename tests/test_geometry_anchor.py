@@ -7,7 +7,7 @@ from scipy.spatial.transform import Rotation
 
 from geometry_reference import mesh_silhouette
 from headsup_jax.geometry import anchor, build_atlas, deform, expression_coefficients
-from headsup_jax.geometry.anchor import NORMAL_SCALE, TANGENT_SCALE, matrix_to_quat, quat_multiply
+from headsup_jax.geometry.anchor import MAX_FOOTPRINT, NORMAL_SCALE, TANGENT_SCALE, matrix_to_quat, quat_multiply
 from headsup_jax.geometry.procedural import procedural_template
 from headsup_jax.render import rasterize
 from headsup_jax.render.cameras import orbit
@@ -69,17 +69,22 @@ def test_anchor_matches_float64_reference(proc, atlas):
     t = J[..., 0] - np.einsum("gc,gc->g", J[..., 0], n)[:, None] * n
     t /= np.linalg.norm(t, axis=1, keepdims=True)
     frame = np.stack([t, np.cross(n, t), n], -1)
-    footprint = np.sqrt(np.linalg.norm(np.cross(J[..., 0], J[..., 1]), axis=1)) / atlas.resolution
+    faces = proc.vertices.astype(np.float64)[proc.faces[atlas.faces]]
+    total = 0.5 * np.linalg.norm(np.cross(faces[:, 1] - faces[:, 0], faces[:, 2] - faces[:, 0]), axis=1).sum()
+    packed = atlas.face_uvs.astype(np.float64)
+    d1, d2 = packed[:, 1] - packed[:, 0], packed[:, 2] - packed[:, 0]
+    texel = np.sqrt(total / (0.5 * np.abs(d1[:, 0] * d2[:, 1] - d1[:, 1] * d2[:, 0]).sum())) / atlas.resolution
+    assert atlas.texel_size == pytest.approx(texel, rel=1e-6)
+    assert atlas.exact.sum() * texel ** 2 == pytest.approx(total, rel=0.02)  # texels tile the surface area
+    footprint = np.minimum(np.sqrt(np.linalg.norm(np.cross(J[..., 0], J[..., 1]), axis=1)) / atlas.resolution,
+                           MAX_FOOTPRINT * texel)
     np.testing.assert_allclose(g.means, point + np.einsum("gij,gj->gi", frame, p["offsets"]), atol=2e-6)
     local = p["rotations"] + np.array([1, 0, 0, 0])
     np.testing.assert_allclose(rotmat(g.quats), frame @ rotmat(local), atol=2e-5)
     base = np.array([TANGENT_SCALE, TANGENT_SCALE, NORMAL_SCALE])
     np.testing.assert_allclose(g.scales, footprint[:, None] * base * np.exp(p["log_scales"]), rtol=2e-5)
     np.testing.assert_allclose(g.opacities, 1 / (1 + np.exp(-3.0)), rtol=1e-6)
-    # footprint: the surface length of one texel, so the G texels tile the surface area
-    faces = proc.vertices.astype(np.float64)[proc.faces]
-    total = 0.5 * np.linalg.norm(np.cross(faces[:, 1] - faces[:, 0], faces[:, 2] - faces[:, 0]), axis=1).sum()
-    assert np.sum(footprint ** 2) == pytest.approx(total, rel=0.05)
+    assert np.sum(footprint ** 2) == pytest.approx(total, rel=0.05)  # footprints tile the surface too
 
 
 def test_rigid_transform_moves_gaussians_identically(proc, atlas):

@@ -16,6 +16,7 @@ from headsup_jax.render import Gaussians
 TANGENT_SCALE = 0.6  # tangential standard deviation at zero log-scale, in texel footprints
 NORMAL_SCALE = 0.1  # standard deviation along the normal, in texel footprints
 OPACITY_BIAS = 3.0  # zero logits give sigmoid(3) = 0.95
+MAX_FOOTPRINT = 3.0  # footprints are capped at this many mean texel sizes (triangles squashed in UV)
 
 
 def _normalize(x, eps=1e-12):
@@ -49,7 +50,8 @@ def quat_multiply(a: jax.Array, b: jax.Array) -> jax.Array:
 
 def surface_frames(vertices: jax.Array, atlas: UVAtlas):
     """Anchor points [G, 3], local frames [G, 3, 3] (columns: tangent along +u, bitangent, normal) and
-    texel footprints [G] (surface length of one texel edge) of the valid texels on `vertices` [V, 3]."""
+    texel footprints [G] (surface length of one texel edge, at most MAX_FOOTPRINT mean texel sizes) of
+    the valid texels on `vertices` [V, 3]."""
     vid, bary, uv = atlas.binding()
     p = vertices[vid]  # [G, 3, 3]
     anchor = jnp.einsum("gk,gkc->gc", bary, p)
@@ -62,7 +64,7 @@ def surface_frames(vertices: jax.Array, atlas: UVAtlas):
     t = _normalize(dp_du - jnp.sum(dp_du * n, -1, keepdims=True) * n)
     frame = jnp.stack([t, jnp.cross(n, t), n], -1)
     area_ratio = jnp.sqrt(jnp.sum(cross * cross, -1)) / jnp.abs(det)  # surface area per atlas area
-    footprint = jnp.sqrt(area_ratio) / atlas.resolution
+    footprint = jnp.minimum(jnp.sqrt(area_ratio) / atlas.resolution, MAX_FOOTPRINT * atlas.texel_size)
     return anchor, frame, footprint
 
 

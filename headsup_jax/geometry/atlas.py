@@ -22,7 +22,7 @@ from headsup_jax.geometry.uv_raster import rasterize_uv
 # Regions used when none are given (ICT-FaceKit names; the procedural template uses the first two).
 DEFAULT_REGIONS = ("face", "head_neck", "mouth_socket", "eyeball_left", "eyeball_right")
 GUTTER_TEXELS = 2
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -42,6 +42,7 @@ class UVAtlas:
     region: np.ndarray  # [R, R] int32, -1 where invalid
     position_map: np.ndarray  # [R, R, 3] float32 neutral template point (metres), 0 where invalid
     normal_map: np.ndarray  # [R, R, 3] float32 unit normal, 0 where invalid
+    texel_size: float  # metres: mean surface length of a texel edge on the neutral template
 
     @property
     def count(self) -> int:
@@ -103,6 +104,8 @@ def _compute(template: HeadTemplate, R: int, regions) -> dict:
     p = template.vertices[template.faces[faces]].astype(np.float64)  # [Fs, 3, 3]
     area3d = 0.5 * np.linalg.norm(np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]), axis=-1)
     packed, charts = pack_charts(tri_uv, area3d, chart_labels(template.face_uvs[faces], tri_uv), GUTTER_TEXELS / R)
+    e1, e2 = packed[:, 1] - packed[:, 0], packed[:, 2] - packed[:, 0]
+    uv_area = 0.5 * np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]).sum()
     local, bary, exact, mask = rasterize_uv(packed, R)
     triangle = np.where(mask, faces[np.maximum(local, 0)], -1).astype(np.int32)
     region = np.where(mask, face_region[np.maximum(local, 0)], -1).astype(np.int32)
@@ -114,13 +117,15 @@ def _compute(template: HeadTemplate, R: int, regions) -> dict:
                 face_vertices=template.faces[faces], face_uvs=packed.astype(np.float32),
                 charts=charts.astype(np.float32), triangle=triangle, barycentric=bary, mask=mask, exact=exact,
                 region=region, position_map=np.where(mask[..., None], position, 0).astype(np.float32),
-                normal_map=np.where(mask[..., None], normal, 0).astype(np.float32))
+                normal_map=np.where(mask[..., None], normal, 0).astype(np.float32),
+                texel_size=np.float64(np.sqrt(area3d.sum() / uv_area) / R))
 
 
 def _from_arrays(d) -> UVAtlas:
     fields = {f.name for f in dataclasses.fields(UVAtlas)}
     values = {k: d[k] for k in fields}
     values["resolution"] = int(values["resolution"])
+    values["texel_size"] = float(values["texel_size"])
     values["region_names"] = tuple(str(x) for x in values["region_names"])
     return UVAtlas(**values)
 

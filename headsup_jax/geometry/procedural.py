@@ -45,7 +45,7 @@ def _radius(phi, y):
              + 0.006 * (_bump(phi, y, 0.55, -0.015, 0.25, 0.03) + _bump(phi, y, -0.55, -0.015, 0.25, 0.03))
              + 0.007 * _bump(phi, y, 0, MOUTH_Y, 0.25, 0.008)  # lips
              + 0.012 * _bump(phi, y, 0, -0.085, 0.22, 0.015)  # chin
-             + 0.012 * (_bump(phi, y, 1.62, 0.0, 0.09, 0.022) + _bump(phi, y, -1.62, 0.0, 0.09, 0.022)))  # ears
+             + 0.016 * (_bump(phi, y, 1.62, 0.0, 0.08, 0.022) + _bump(phi, y, -1.62, 0.0, 0.08, 0.022)))  # ears
     taper = _smoothstep(BOTTOM_Y, BOTTOM_Y + 0.04, y) * (1 - _smoothstep(TOP_Y - 0.04, TOP_Y, y))
     return r + bumps * taper
 
@@ -135,7 +135,7 @@ def procedural_template(num_rings: int = 72, segments: int = 96, num_identity: i
     verts, faces, uvs, fuvs = _mesh(num_rings, segments)
     centre = verts[faces].mean(1)  # [F, 3]
     phi, y = np.arctan2(centre[:, 0], centre[:, 2]), centre[:, 1]
-    is_face = (np.abs(phi) < 1.0) & (y > -0.11) & (y < 0.075)
+    is_face = (phi / 1.0) ** 2 + ((y + 0.02) / 0.095) ** 2 < 1  # an oval from brow to chin
     regions = {"face": np.flatnonzero(is_face).astype(np.int32),
                "head_neck": np.flatnonzero(~is_face).astype(np.int32)}
     expr = _expressions(verts)

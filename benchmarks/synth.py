@@ -29,7 +29,8 @@ def time_parts(gen: Generator, index: int) -> dict:
     t0 = time.perf_counter()
     texture = paint(gen.basis, rng)
     t1 = time.perf_counter()
-    renderer = MeshRenderer(Surface(gen.vertices(gen.identity(index), {}), t.faces, t.uvs, t.face_uvs, texture))
+    renderer = MeshRenderer(Surface(gen.vertices(gen.identity(index), {}), t.faces[gen.shown],
+                                    gen.basis.corner_uvs[gen.shown], texture))
     t2 = time.perf_counter()
     outs = [renderer.render(cam, sample_lighting(rng), np.full(3, 0.5), gen.config.supersample)
             for cam in gen.cameras(index)]

@@ -141,3 +141,19 @@ def test_round_trip_landmarks_land_on_their_pixels(tmp_path):
                 u, v = (K @ (x / x[2]))[:2]
                 errors.append(np.hypot(*np.subtract(_pupil(gray, u, v), (u, v))))
     assert len(errors) >= 8 and max(errors) < 1.0, errors
+
+
+def test_ict_template_subject(tmp_path):
+    """ICT-FaceKit: 100 identity modes, UDIM tiles with overlapping charts, landmark-placed features."""
+    from headsup_jax.geometry.loaders import ict_path
+
+    if not ict_path().exists():
+        pytest.skip(f"ICT-FaceKit archive not found at {ict_path()} (see the shared data README)")
+    cfg = SynthConfig(rig="random4", resolution=64, seed=0, template="ict", texture_resolution=64)
+    generate(tmp_path, 1, cfg, progress=False)
+    cap = load_capture(tmp_path / subject_name(0))
+    g = Generator(cfg)
+    assert g.identity(0).shape == (100,)
+    assert g.basis.valid.shape[1] > 64  # several canvases: the eyeballs overlap the face in UV space
+    masks = [np.asarray(Image.open(cap.mask_files[c.id])) for c in cap.cameras]
+    assert all(0.05 < (m > 127).mean() < 0.7 for m in masks)

@@ -24,8 +24,9 @@ EYES = np.array([[0.08, 0.03, 0.01], [0.18, 0.11, 0.03], [0.08, 0.16, 0.05], [0.
 class TexelBasis:
     """Where each texel of a T x T texture lies on the neutral template, and the face's reference points."""
 
-    positions: np.ndarray  # [T, T, 3] metres (0 outside the UV charts)
-    valid: np.ndarray  # [T, T] bool
+    positions: np.ndarray  # [T, nT, 3] metres (0 outside the charts); n canvases side by side (`_layout`)
+    valid: np.ndarray  # [T, nT] bool
+    corner_uvs: np.ndarray  # [F, 3, 2] each face corner's UV in that texture (u in [0, n))
     eyes: np.ndarray  # [2, 3] centres: the subject's left (+x) eye first
     mouth: np.ndarray  # [3] centre
     mouth_half_width: float
@@ -61,17 +62,47 @@ def anchor_points(anchors: dict, vertices) -> dict:
     return {name: v[idx].mean(0) for name, idx in anchors.items()}
 
 
+def _layout(template, resolution: int):
+    """Give every (region, UDIM tile) chart group its own place: groups are rasterised one by one and
+    packed greedily into T x T canvases where they do not overlap (ICT-FaceKit's eyeballs share UVs with
+    each other and with the face). Returns face [T, nT], barycentrics [T, nT, 3], valid [T, nT] and the
+    per-face-corner UVs into the canvases side by side [F, 3, 2] (u in [0, n))."""
+    T = resolution
+    tri_uv = template.uvs[template.face_uvs].astype(np.float64)  # [F, 3, 2]
+    tile = np.floor(tri_uv[..., 0].mean(-1))
+    region = template.region_of_faces()
+    canvases = []  # [face [T, T], barycentrics [T, T, 3], valid [T, T], occupied with a 1-texel margin]
+    canvas_of = np.zeros(len(tri_uv), np.int64)
+    for r, k in sorted(set(zip(region.tolist(), tile.tolist()))):
+        faces = np.flatnonzero((region == r) & (tile == k))
+        local, bary, _, valid = rasterize_uv(tri_uv[faces] - np.array([k, 0.0]), T)
+        grown = scipy.ndimage.binary_dilation(valid, iterations=2)
+        c = next((c for c, cv in enumerate(canvases) if not (cv[3] & grown).any()), len(canvases))
+        if c == len(canvases):
+            canvases.append([np.full((T, T), -1), np.zeros((T, T, 3), np.float32), np.zeros((T, T), bool),
+                             np.zeros((T, T), bool)])
+        cv = canvases[c]
+        cv[0][valid] = faces[local[valid]]
+        cv[1][valid] = bary[valid]
+        cv[2] |= valid
+        cv[3] |= grown
+        canvas_of[faces] = c
+    corner_uvs = tri_uv - np.stack([tile - canvas_of, np.zeros_like(tile)], -1)[:, None, :]
+    face, bary, valid = (np.concatenate([cv[i] for cv in canvases], axis=1) for i in range(3))
+    return face, bary, valid, corner_uvs.astype(np.float32)
+
+
 def texel_basis(template, resolution: int) -> TexelBasis:
     """Rasterise the template's UV layout (slow part; compute once per template and resolution)."""
-    tri, bary, _, valid = rasterize_uv(template.uvs[template.face_uvs].astype(np.float64), resolution)
-    corners = np.asarray(template.vertices, np.float64)[template.faces[np.maximum(tri, 0)]]  # [T, T, 3, 3]
+    tri, bary, valid, corner_uvs = _layout(template, resolution)
+    corners = np.asarray(template.vertices, np.float64)[template.faces[np.maximum(tri, 0)]]  # [T, nT, 3, 3]
     positions = np.where(valid[..., None], np.einsum("ijk,ijkc->ijc", bary, corners), 0.0)
     p = anchor_points(feature_anchors(template), template.vertices)
     eyes, mouth = np.stack([p["eye_left"], p["eye_right"]]), p["mouth"]
     half_width = 0.5 * np.linalg.norm(p["mouth_left"] - p["mouth_right"])
     skull = np.asarray(template.vertices)[np.asarray(template.vertices)[:, 1] > mouth[1]]
     axis = 0.5 * (skull[:, [0, 2]].min(0) + skull[:, [0, 2]].max(0))
-    return TexelBasis(positions.astype(np.float32), valid, eyes, mouth, float(half_width), axis)
+    return TexelBasis(positions.astype(np.float32), valid, corner_uvs, eyes, mouth, float(half_width), axis)
 
 
 def _smooth_noise(p: np.ndarray, rng, wavelength: float, terms: int = 6) -> np.ndarray:
@@ -92,26 +123,26 @@ def _mix(base, color, weight):
 
 
 def paint(basis: TexelBasis, rng: np.random.Generator) -> np.ndarray:
-    """A random subject's albedo texture. [T, T, 3] float32, linear, in [0, 1]."""
+    """A random subject's albedo texture. [T, nT, 3] float32, linear, in [0, 1]."""
     P = basis.positions.astype(np.float64)
-    T = P.shape[0]
+    T, TW = P.shape[:2]  # TW = T x number of UDIM tiles
     eye_mid = basis.eyes.mean(0)
     rel = P - eye_mid  # origin between the eyes
     tone = rng.uniform()
     skin = (SKIN_LIGHT ** (1 - tone) * SKIN_DARK ** tone) * np.exp(rng.normal(0, 0.06, 3))
     tex = skin * (1 + 0.08 * _smooth_noise(P, rng, 0.09))[..., None]
     tex *= (1 + 0.05 * _smooth_noise(P, rng, 0.02))[..., None]
-    tex *= (1 + rng.uniform(0.02, 0.06) * rng.standard_normal((T, T)))[..., None]  # pores
+    tex *= (1 + rng.uniform(0.02, 0.06) * rng.standard_normal((T, TW)))[..., None]  # pores
     cheeks = [basis.eyes[k] + np.array([0.3 * s, -0.035, 0.0]) for k, s in ((0, 0.03), (1, -0.03))]
     blush = sum(np.exp(-np.sum((P - c) ** 2, -1) / (2 * 0.018 ** 2)) for c in cheeks)
     tex = _mix(tex, skin * np.array([1.15, 0.7, 0.7]), rng.uniform(0.0, 0.5) * blush)
     face = np.exp(-np.sum(rel ** 2, -1) / (2 * 0.06 ** 2))
     n_freckles = int(rng.uniform() ** 3 * 400)
     if n_freckles:  # dots on face texels, blurred in texture space
-        idx = np.flatnonzero(basis.valid.ravel() & (rng.random(T * T) < face.ravel()))
-        dots = np.zeros(T * T)
+        idx = np.flatnonzero(basis.valid.ravel() & (rng.random(T * TW) < face.ravel()))
+        dots = np.zeros(T * TW)
         dots[rng.choice(idx, min(n_freckles, len(idx)), replace=False)] = 1.0
-        dark = scipy.ndimage.gaussian_filter(dots.reshape(T, T), sigma=T / 512)
+        dark = scipy.ndimage.gaussian_filter(dots.reshape(T, TW), sigma=T / 512)
         tex *= (1 - 0.35 * dark / max(dark.max(), 1e-9))[..., None]
     hair = HAIR[rng.integers(len(HAIR))] * np.exp(rng.normal(0, 0.1, 3))
     for k, s in ((0, 1.0), (1, -1.0)):  # brows above each eye, from the nose side outwards

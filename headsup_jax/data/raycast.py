@@ -26,18 +26,18 @@ class Surface:
 
     vertices: np.ndarray  # [V, 3] metres
     faces: np.ndarray  # [F, 3]
-    uvs: np.ndarray  # [U, 2]
-    face_uvs: np.ndarray  # [F, 3]
-    texture: np.ndarray  # [T, T, 3] float32 linear albedo, texel (i, j) centre at u=(j+.5)/T, v=1-(i+.5)/T
+    corner_uvs: np.ndarray  # [F, 3, 2] texture coordinates of each face corner
+    texture: np.ndarray  # [T, nT, 3] float32 linear albedo, texel (i, j) centre at u=(j+.5)/T, v=1-(i+.5)/T
+    #                      (n UDIM tiles side by side: u in [0, n))
 
 
 def sample_texture(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
     """Bilinear lookup, clamped at the border. uv: [P, 2] -> [P, 3]."""
-    T = texture.shape[0]
-    x = np.clip(uv[:, 0] * T - 0.5, 0, T - 1)
+    T, TW = texture.shape[:2]
+    x = np.clip(uv[:, 0] * T - 0.5, 0, TW - 1)
     y = np.clip((1 - uv[:, 1]) * T - 0.5, 0, T - 1)
     x0, y0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
-    x1, y1 = np.minimum(x0 + 1, T - 1), np.minimum(y0 + 1, T - 1)
+    x1, y1 = np.minimum(x0 + 1, TW - 1), np.minimum(y0 + 1, T - 1)
     fx, fy = (x - x0)[:, None], (y - y0)[:, None]
     top = texture[y0, x0] * (1 - fx) + texture[y0, x1] * fx
     bottom = texture[y1, x0] * (1 - fx) + texture[y1, x1] * fx
@@ -71,7 +71,7 @@ class MeshRenderer:
         TriangleMesh(self.scene, surface.vertices[surface.faces].astype(np.float32))
         self.corner_normals = vertex_normals(surface.vertices.astype(np.float64), surface.faces)[surface.faces]
         self.corner_normals = self.corner_normals.astype(np.float32)  # [F, 3, 3]
-        self.corner_uvs = surface.uvs[surface.face_uvs].astype(np.float32)  # [F, 3, 2]
+        self.corner_uvs = surface.corner_uvs.astype(np.float32)  # [F, 3, 2]
 
     def render(self, camera, lighting: Lighting, background: np.ndarray, supersample: int = 2):
         """-> rgb [H, W, 3] float32 in [0, 1] (sRGB), mask [H, W] float32 coverage, depth [H, W] metres (0: none)."""

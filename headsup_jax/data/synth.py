@@ -35,6 +35,8 @@ class SynthConfig:
     texture_resolution: int = 512
     supersample: int = 2
     jitter: bool = True  # per-subject calibration noise on the rig
+    # template regions not rendered (ICT-FaceKit's transparent overlays), matched by name prefix
+    hidden_regions: tuple = ("eye_occlusion", "eye_blend", "eyelashes", "lacrimal")
 
 
 def subject_name(index: int) -> str:
@@ -67,6 +69,8 @@ class Generator:
         self.config = config
         self.template = load_template(config.template)
         self.basis = texel_basis(self.template, config.texture_resolution)
+        hidden = [idx for name, idx in self.template.regions.items() if name.startswith(config.hidden_regions)]
+        self.shown = np.setdiff1d(np.arange(len(self.template.faces)), np.concatenate(hidden) if hidden else [])
 
     def cameras(self, index: int) -> list:
         from headsup_jax.geometry.rigs import Jitter, make_rig
@@ -103,7 +107,8 @@ class Generator:
         for frame in range(c.frames):
             lighting = sample_lighting(rng)
             expression = sample_expression(t, rng) if frame else {}
-            surface = Surface(self.vertices(identity, expression), t.faces, t.uvs, t.face_uvs, texture)
+            surface = Surface(self.vertices(identity, expression), t.faces[self.shown],
+                              self.basis.corner_uvs[self.shown], texture)
             renderer = MeshRenderer(surface)
             images, masks, depths, specs = {}, {}, {}, []
             for k, cam in enumerate(cams):
@@ -146,7 +151,7 @@ def generate(out, num_subjects: int, config: SynthConfig, workers: int = 1, star
     """Write subjects start..start+num_subjects-1 under `out` (finished ones are skipped unless `overwrite`).
     Returns the number of views rendered."""
     out = pathlib.Path(out)
-    info = {**dataclasses.asdict(config), "subjects": start + num_subjects}
+    info = json.loads(json.dumps({**dataclasses.asdict(config), "subjects": start + num_subjects}))  # as stored
     if (out / "synth.json").exists():
         previous = json.loads((out / "synth.json").read_text())
         if {k: v for k, v in previous.items() if k != "subjects"} != {k: v for k, v in info.items() if k != "subjects"}:

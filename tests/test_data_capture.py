@@ -106,3 +106,21 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     with pytest.raises(TypeError):
         write_bytes_atomic(target, "not bytes")  # fails while writing the temporary file
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["x.bin"]
+
+
+def test_jpeg_images_are_accepted(tmp_path):
+    import io
+
+    from PIL import Image
+
+    make_capture(tmp_path / "j", masks=False)
+    png = tmp_path / "j" / "images" / "cam02.png"
+    buf = io.BytesIO()
+    Image.open(png).save(buf, format="JPEG")
+    png.unlink()
+    (tmp_path / "j" / "images" / "cam02.jpg").write_bytes(buf.getvalue())
+    cap = load_capture(tmp_path / "j")
+    assert cap.image_files["cam02"].name == "cam02.jpg" and cap.mask_files is None
+    (tmp_path / "j" / "images" / "cam02.png").write_bytes(encode_png(np.zeros((24, 32, 3), np.uint8)))
+    with pytest.raises(CaptureError, match=r"images/cam02\.\*, field file: several files"):
+        load_capture(tmp_path / "j")

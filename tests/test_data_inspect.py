@@ -1,5 +1,4 @@
 """`headsup data inspect`: contact sheets of capture trees and TFDS folders; frusta geometry."""
-import io
 
 import numpy as np
 from PIL import Image

@@ -40,11 +40,16 @@ def write_png_atomic(path, image: np.ndarray) -> None:
     write_bytes_atomic(path, encode_png(image))
 
 
-def decode_image(data: bytes, mode: str = "RGB") -> np.ndarray:
-    """PNG/JPEG bytes -> uint8 [H, W, 3] (mode "RGB") or [H, W] (mode "L"); raises on corrupt data."""
+def open_image(data: bytes, mode: str = "RGB") -> Image.Image:
+    """PNG/JPEG bytes -> a fully decoded pillow image in `mode`; raises on corrupt or truncated data."""
     with Image.open(io.BytesIO(data)) as im:
         im.load()
-        return np.asarray(im.convert(mode))
+        return im.convert(mode)
+
+
+def decode_image(data: bytes, mode: str = "RGB") -> np.ndarray:
+    """PNG/JPEG bytes -> uint8 [H, W, 3] (mode "RGB") or [H, W] (mode "L")."""
+    return np.asarray(open_image(data, mode))
 
 
 def image_size(data: bytes) -> tuple[int, int]:

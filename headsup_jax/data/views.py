@@ -6,12 +6,12 @@ raises `CaptureError` naming the subject, the file (images/<camera>) and the fie
 from __future__ import annotations
 
 import dataclasses
-import io
 
 import numpy as np
 from PIL import Image
 
 from headsup_jax.data.capture import CaptureError, Problem, camera_problems
+from headsup_jax.data.io import open_image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,9 +53,7 @@ def select_views(num_cameras: int, spec: ViewSpec, rng: np.random.Generator) -> 
 
 def _decode(data: bytes, mode: str, subject: str, file: str) -> Image.Image:
     try:
-        im = Image.open(io.BytesIO(data))
-        im.load()
-        return im.convert(mode)
+        return open_image(data, mode)
     except Exception as e:  # noqa: BLE001 (pillow raises many types for corrupt data)
         raise CaptureError(Problem(subject, file, "data", f"cannot decode ({e})")) from e
 

@@ -8,6 +8,7 @@ COMMAND_GROUPS = {
     "render": "headsup_jax.render.cli",
     "template": "headsup_jax.geometry.cli",
     "data": "headsup_jax.data.cli",
+    "lpips": "headsup_jax.model.lpips_cli",
 }
 
 

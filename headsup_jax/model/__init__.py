@@ -1,0 +1,1 @@
+"""The HeadsUp networks (Flax NNX): encoder, latent compressor, UV decoder, background, LPIPS."""

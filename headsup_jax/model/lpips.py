@@ -1,0 +1,160 @@
+"""LPIPS (Zhang et al. 2018, the "vgg" network, v0.1 linear layers) in Flax NNX, frozen.
+
+As in the reference `lpips` package: images in [0, 1] are mapped to [-1, 1], shifted and scaled by the
+ScalingLayer constants, passed through the VGG16 feature trunk; the 5 taps relu1_2, relu2_2, relu3_3,
+relu4_3, relu5_3 are normalised to unit length over channels (eps 1e-10), their squared differences
+weighted per channel by the 1x1 layers lin0..lin4 (non-negative, no bias), averaged over space and
+summed over taps.
+
+No weights ship and nothing is downloaded: `headsup lpips convert` turns the torchvision VGG16 and the
+lpips v0.1 checkpoints into one safetensors file (`convert_torch_checkpoints` + `save_lpips`), and
+`load_lpips(path)` builds the module. Its arrays are `LPIPSWeight` variables, not `nnx.Param`, so an
+optimiser over `nnx.Param` never updates them; pass the module to `nnx.jit` (or split it) rather than
+closing over it in `jax.jit`, which would embed 59 MB of constants.
+"""
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+# VGG16 conv layers (in, out) in order; a 2x2 max-pool precedes the first conv of stages 2..5.
+VGG16_CONVS = ((3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256),
+               (256, 512), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512))
+POOL_BEFORE = (2, 4, 7, 10)  # conv index after each max-pool
+TAP_AFTER = (1, 3, 6, 9, 12)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
+TAP_CHANNELS = tuple(VGG16_CONVS[i][1] for i in TAP_AFTER)
+# Index of each conv in torchvision's `vgg16().features` (its state_dict keys are features.{i}.weight/bias).
+TORCHVISION_CONV_INDEX = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+SHIFT = (-0.030, -0.088, -0.188)  # lpips ScalingLayer, applied to images in [-1, 1]
+SCALE = (0.458, 0.448, 0.450)
+EPS = 1e-10
+CONVERT_COMMAND = "headsup lpips convert --vgg vgg16-397923af.pth --lin lpips/weights/v0.1/vgg.pth --out {out}"
+
+
+def weight_shapes() -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the converted arrays.
+
+    conv{j}.kernel [3, 3, in, out] (HWIO), conv{j}.bias [out] for j < 13; lin{k}.weight [C] for k < 5.
+    """
+    shapes = {}
+    for j, (cin, cout) in enumerate(VGG16_CONVS):
+        shapes[f"conv{j}.kernel"] = (3, 3, cin, cout)
+        shapes[f"conv{j}.bias"] = (cout,)
+    for k, c in enumerate(TAP_CHANNELS):
+        shapes[f"lin{k}.weight"] = (c,)
+    return shapes
+
+
+class LPIPSWeight(nnx.Variable):
+    """A frozen LPIPS array (not an `nnx.Param`)."""
+
+
+class LPIPS(nnx.Module):
+    """LPIPS distance: `lpips(pred, target)` on `[..., H, W, 3]` images in [0, 1] -> `[...]`.
+
+    `weights` maps `weight_shapes()` names to arrays; `source` names their origin in errors. Computation
+    is float32; `precision` is passed to the convolutions (None: XLA's default for the platform).
+    """
+
+    def __init__(self, weights: Mapping[str, np.ndarray], source: str = "weights", precision=None):
+        for name, shape in weight_shapes().items():
+            if name not in weights:
+                raise KeyError(f"{source}: missing LPIPS array '{name}'")
+            if tuple(weights[name].shape) != shape:
+                raise ValueError(f"{source}: LPIPS array '{name}' has shape {tuple(weights[name].shape)}, "
+                                 f"expected {shape}")
+        array = lambda name: LPIPSWeight(jnp.asarray(weights[name], jnp.float32))  # noqa: E731
+        self.kernels = nnx.List([array(f"conv{j}.kernel") for j in range(len(VGG16_CONVS))])
+        self.biases = nnx.List([array(f"conv{j}.bias") for j in range(len(VGG16_CONVS))])
+        self.lins = nnx.List([array(f"lin{k}.weight") for k in range(len(TAP_CHANNELS))])
+        self.precision = precision
+
+    def features(self, x) -> list:
+        """The 5 VGG16 taps of images already scaled as in the reference. [N, H, W, 3] -> 5 x [N, h, w, C]"""
+        taps = []
+        for j, (kernel, bias) in enumerate(zip(self.kernels, self.biases)):
+            if j in POOL_BEFORE:
+                x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+            x = jax.lax.conv_general_dilated(x, kernel[...], (1, 1), ((1, 1), (1, 1)), precision=self.precision,
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            x = jax.nn.relu(x + bias[...])
+            if j in TAP_AFTER:
+                taps.append(x)
+        return taps
+
+    def __call__(self, pred, target):
+        pred, target = jnp.asarray(pred, jnp.float32), jnp.asarray(target, jnp.float32)
+        batch, (H, W, C) = pred.shape[:-3], pred.shape[-3:]
+        x = jnp.concatenate([pred.reshape(-1, H, W, C), target.reshape(-1, H, W, C)])  # [2N, H, W, 3]
+        x = (2.0 * x - 1.0 - jnp.asarray(SHIFT)) / jnp.asarray(SCALE)
+        total = 0.0
+        for tap, lin in zip(self.features(x), self.lins):
+            tap = tap / (jnp.sqrt(jnp.sum(tap ** 2, axis=-1, keepdims=True)) + EPS)  # [2N, h, w, C]
+            f0, f1 = jnp.split(tap, 2)
+            total += jnp.mean(jnp.sum((f0 - f1) ** 2 * lin[...], axis=-1), axis=(1, 2))  # [N]
+        return total.reshape(batch)
+
+
+def load_lpips(path, precision=None) -> LPIPS:
+    """The LPIPS module from a safetensors file written by `headsup lpips convert`."""
+    from safetensors.numpy import load_file
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: LPIPS weights not found; create them with "
+                                f"`{CONVERT_COMMAND.format(out=path)}` from the torchvision VGG16 and lpips v0.1 "
+                                "checkpoints (README: Losses, metrics and LPIPS)")
+    return LPIPS(load_file(str(path)), source=str(path), precision=precision)
+
+
+def _torch_state_dict(path) -> dict:
+    import torch
+
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path}: expected a state_dict (a mapping of names to tensors), got {type(state).__name__}")
+    return state
+
+
+def _take(state, path, key, shape) -> np.ndarray:
+    if key not in state:
+        raise KeyError(f"{path}: missing key '{key}'")
+    array = state[key].detach().float().numpy()
+    if array.shape != shape:
+        raise ValueError(f"{path}: '{key}' has shape {array.shape}, expected {shape}")
+    return array
+
+
+def convert_torch_checkpoints(vgg_path, lin_path) -> dict[str, np.ndarray]:
+    """torchvision `vgg16` state_dict (features.{i}.weight/bias) + lpips v0.1 `vgg.pth` (lin{k}.model.1.weight)
+    -> arrays named as in `weight_shapes()`. Needs torch (only here)."""
+    vgg, lin = _torch_state_dict(vgg_path), _torch_state_dict(lin_path)
+    out = {}
+    for j, ((cin, cout), i) in enumerate(zip(VGG16_CONVS, TORCHVISION_CONV_INDEX)):
+        kernel = _take(vgg, vgg_path, f"features.{i}.weight", (cout, cin, 3, 3))
+        out[f"conv{j}.kernel"] = np.ascontiguousarray(kernel.transpose(2, 3, 1, 0))  # OIHW -> HWIO
+        out[f"conv{j}.bias"] = _take(vgg, vgg_path, f"features.{i}.bias", (cout,))
+    for k, c in enumerate(TAP_CHANNELS):
+        key = f"lin{k}.model.1.weight"
+        weight = _take(lin, lin_path, key, (1, c, 1, 1)).reshape(c)
+        if (weight < 0).any():
+            raise ValueError(f"{lin_path}: '{key}' has negative weights; LPIPS linear layers are non-negative "
+                             "(is this the lpips v0.1 vgg checkpoint?)")
+        out[f"lin{k}.weight"] = weight
+    return out
+
+
+def save_lpips(weights: Mapping[str, np.ndarray], out) -> pathlib.Path:
+    """Write converted arrays to a safetensors file (parent folders created)."""
+    from safetensors.numpy import save_file
+
+    out = pathlib.Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()}, str(out),
+              metadata={"format": "headsup-lpips-vgg-v0.1"})
+    return out

@@ -1,0 +1,1 @@
+"""Training: losses, metrics, sharding, train state and step, loop, checkpointing, evaluation."""

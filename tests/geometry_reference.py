@@ -56,18 +56,21 @@ def mesh_silhouette(vertices, faces, world_to_cam, K, width, height) -> np.ndarr
     W2C, K = np.asarray(world_to_cam, np.float64), np.asarray(K, np.float64)
     pc = np.asarray(vertices, np.float64) @ W2C[:3, :3].T + W2C[:3, 3]
     pix = pc @ K.T
-    pix = pix[:, :2] / pix[:, 2:]
+    tri = (pix[:, :2] / pix[:, 2:])[faces]  # [F, 3, 2]
+    lo = np.clip(np.floor(tri.min(1)), 0, [width - 1, height - 1]).astype(np.int64)
+    hi = np.clip(np.ceil(tri.max(1)), 0, [width - 1, height - 1]).astype(np.int64)
+    w, h = hi[:, 0] - lo[:, 0] + 1, hi[:, 1] - lo[:, 1] + 1
+    owner = np.repeat(np.arange(len(tri)), w * h)  # one entry per (triangle, pixel of its box)
+    k = np.arange(owner.size) - np.repeat(np.cumsum(w * h) - w * h, w * h)
+    x, y = lo[owner, 0] + k % w[owner], lo[owner, 1] + k // w[owner]
+    q = np.stack([x + 0.5, y + 0.5], -1)
+    a, b, c = tri[owner, 0], tri[owner, 1], tri[owner, 2]
+    d = _cross2(b - a, c - a)
+    ok = d != 0
+    bary = np.stack([_cross2(b - q, c - q), _cross2(c - q, a - q), _cross2(a - q, b - q)], -1)[ok] / d[ok, None]
     img = np.zeros((height, width), bool)
-    for a, b, c in pix[faces]:
-        lo = np.clip(np.floor(np.min([a, b, c], 0)).astype(int), 0, [width - 1, height - 1])
-        hi = np.clip(np.ceil(np.max([a, b, c], 0)).astype(int), 0, [width - 1, height - 1])
-        xs, ys = np.meshgrid(np.arange(lo[0], hi[0] + 1) + 0.5, np.arange(lo[1], hi[1] + 1) + 0.5)
-        d = _cross2(b - a, c - a)
-        if d == 0:
-            continue
-        q = np.stack([xs, ys], -1)
-        w = [_cross2(b - q, c - q) / d, _cross2(c - q, a - q) / d, _cross2(a - q, b - q) / d]
-        img[lo[1]:hi[1] + 1, lo[0]:hi[0] + 1] |= (w[0] >= 0) & (w[1] >= 0) & (w[2] >= 0)
+    inside = bary.min(1) >= 0
+    img[y[ok][inside], x[ok][inside]] = True
     return img
 
 

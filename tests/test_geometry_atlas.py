@@ -198,3 +198,14 @@ def test_large_resolution_is_practical(proc):
     atlas = build_atlas(proc, 1024)
     assert time.perf_counter() - t0 < 60
     assert atlas.count > 0.95 * 1024 ** 2
+
+
+def test_folded_chart_triangles_are_detached():
+    """A fan winding 480 degrees around a vertex: same winding throughout, the last triangle lies on the
+    first. Both get charts of their own; the middle two stay together."""
+    angles = np.radians([0, 120, 240, 360, 480])
+    uv = np.concatenate([[[0.5, 0.5]], 0.5 + 0.4 * np.stack([np.cos(angles), np.sin(angles)], -1)])
+    face_uvs = np.array([[0, 1, 2], [0, 2, 3], [0, 3, 4], [0, 4, 5]], np.int32)
+    labels = chart_labels(face_uvs, uv[face_uvs])
+    assert labels[1] == labels[2] and len({labels[0], labels[1], labels[3]}) == 3
+    assert len(overlapping_pairs(uv[face_uvs])) == 1  # the reference sees the fold too

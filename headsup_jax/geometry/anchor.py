@@ -50,21 +50,24 @@ def quat_multiply(a: jax.Array, b: jax.Array) -> jax.Array:
 
 def surface_frames(vertices: jax.Array, atlas: UVAtlas):
     """Anchor points [G, 3], local frames [G, 3, 3] (columns: tangent along +u, bitangent, normal) and
-    texel footprints [G] (surface length of one texel edge, at most MAX_FOOTPRINT mean texel sizes) of
-    the valid texels on `vertices` [V, 3]."""
+    texel footprints [G, 2] of the valid texels on `vertices` [V, 3]: the extent along the tangent and
+    the bitangent of the surface parallelogram one texel maps to (each at most MAX_FOOTPRINT mean
+    texel sizes, for triangles squashed in UV)."""
     vid, bary, uv = atlas.binding()
     p = vertices[vid]  # [G, 3, 3]
     anchor = jnp.einsum("gk,gkc->gc", bary, p)
     e1, e2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]
     d1, d2 = uv[:, 1] - uv[:, 0], uv[:, 2] - uv[:, 0]  # [G, 2]
     det = d1[:, 0] * d2[:, 1] - d2[:, 0] * d1[:, 1]  # signed UV area x 2 (non-zero: rasterised triangles)
-    dp_du = (e1 * d2[:, 1:] - e2 * d1[:, 1:]) / det[:, None]
-    cross = jnp.cross(e1, e2)
-    n = _normalize(cross)
+    dp_du = (e1 * d2[:, 1:] - e2 * d1[:, 1:]) / det[:, None]  # [G, 3] surface per unit u
+    dp_dv = (e2 * d1[:, :1] - e1 * d2[:, :1]) / det[:, None]
+    n = _normalize(jnp.cross(e1, e2))
     t = _normalize(dp_du - jnp.sum(dp_du * n, -1, keepdims=True) * n)
-    frame = jnp.stack([t, jnp.cross(n, t), n], -1)
-    area_ratio = jnp.sqrt(jnp.sum(cross * cross, -1)) / jnp.abs(det)  # surface area per atlas area
-    footprint = jnp.minimum(jnp.sqrt(area_ratio) / atlas.resolution, MAX_FOOTPRINT * atlas.texel_size)
+    b = jnp.cross(n, t)
+    frame = jnp.stack([t, b, n], -1)
+    along_t = jnp.sqrt(jnp.sum(dp_du * t, -1) ** 2 + jnp.sum(dp_dv * t, -1) ** 2)
+    along_b = jnp.abs(jnp.sum(dp_dv * b, -1))  # dp_du has no b component
+    footprint = jnp.minimum(jnp.stack([along_t, along_b], -1) / atlas.resolution, MAX_FOOTPRINT * atlas.texel_size)
     return anchor, frame, footprint
 
 
@@ -73,7 +76,8 @@ def anchor(template_vertices: jax.Array, atlas: UVAtlas, offsets=None, rotations
     """Gaussians on the valid texels of `atlas`, riding the mesh `template_vertices` [V, 3].
 
     offsets [G, 3] metres in the local frame; rotations [G, 4] added to the identity (w, x, y, z);
-    log_scales [G, 3] relative to (TANGENT_SCALE, TANGENT_SCALE, NORMAL_SCALE) texel footprints;
+    log_scales [G, 3] relative to TANGENT_SCALE x the footprint along the tangent and the bitangent and
+    NORMAL_SCALE x their geometric mean along the normal;
     opacity_logits [G]; sh [G, K, 3] (default: zeros, mid grey). None means zeros.
     """
     G = atlas.count
@@ -87,7 +91,7 @@ def anchor(template_vertices: jax.Array, atlas: UVAtlas, offsets=None, rotations
     means = point + jnp.einsum("gij,gj->gi", frame, offsets)
     local = _normalize(jnp.array([1.0, 0, 0, 0]) + rotations)
     quats = quat_multiply(matrix_to_quat(frame), local)
-    base = jnp.array([TANGENT_SCALE, TANGENT_SCALE, NORMAL_SCALE])
-    scales = footprint[:, None] * base * jnp.exp(log_scales)
+    extent = jnp.concatenate([footprint, jnp.sqrt(jnp.prod(footprint, -1, keepdims=True))], -1)  # [G, 3]
+    scales = extent * jnp.array([TANGENT_SCALE, TANGENT_SCALE, NORMAL_SCALE]) * jnp.exp(log_scales)
     return Gaussians(means=means, quats=quats, scales=scales,
                      opacities=jax.nn.sigmoid(opacity_logits + OPACITY_BIAS), sh=sh)

@@ -8,6 +8,7 @@ of the template geometry, the region selection and R.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import pathlib
@@ -49,7 +50,7 @@ class UVAtlas:
         """G, the number of valid texels (Gaussians)."""
         return int(self.texel_index.shape[0])
 
-    @property
+    @functools.cached_property
     def texel_index(self) -> np.ndarray:
         """Flat indices (i * R + j) of the valid texels, row-major. [G]"""
         return np.flatnonzero(self.mask.ravel())
@@ -63,6 +64,10 @@ class UVAtlas:
 
     def binding(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per valid texel: vertex indices [G, 3], barycentrics [G, 3], packed corner UVs [G, 3, 2]."""
+        return self._binding
+
+    @functools.cached_property
+    def _binding(self):
         lookup = np.full(int(self.faces.max()) + 1, -1, np.int64)
         lookup[self.faces] = np.arange(len(self.faces))
         local = lookup[self.texel_faces()]

@@ -13,6 +13,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
+from headsup_jax.geometry.uv_raster import ragged_ranges
+
 
 def signed_uv_area(tri_uv: np.ndarray) -> np.ndarray:
     """Signed area of each UV triangle (positive when counter-clockwise). [F]"""
@@ -23,25 +25,20 @@ def signed_uv_area(tri_uv: np.ndarray) -> np.ndarray:
 def _candidate_pairs(tri_uv: np.ndarray, group: np.ndarray) -> np.ndarray:
     """Pairs of triangles of the same group whose bounding boxes share a grid cell. [P, 2]"""
     lo, hi = tri_uv.min(1), tri_uv.max(1)
-    cell = 2 * np.median(hi - lo) + 1e-12
+    cell = max(2 * np.median(hi - lo), np.max(hi - lo) / 64, 1e-12)
     c_lo, c_hi = np.floor(lo / cell).astype(np.int64), np.floor(hi / cell).astype(np.int64)
-    span = c_hi - c_lo
-    ids, keys = [], []
-    for dx in range(int(span[:, 0].max()) + 1):
-        for dy in range(int(span[:, 1].max()) + 1):
-            ok = (dx <= span[:, 0]) & (dy <= span[:, 1])
-            ids.append(np.flatnonzero(ok))
-            keys.append(np.stack([group[ok], c_lo[ok, 0] + dx, c_lo[ok, 1] + dy], -1))
-    ids, keys = np.concatenate(ids), np.concatenate(keys)
-    order = np.lexsort((ids, keys[:, 2], keys[:, 1], keys[:, 0]))
-    ids, keys = ids[order], keys[order]
-    pairs = [np.zeros((0, 2), np.int64)]
-    for k in range(1, len(ids)):
-        same = (keys[k:] == keys[:-k]).all(1)
-        if not same.any():
-            break
-        pairs.append(np.stack([ids[:-k][same], ids[k:][same]], -1))
-    return np.unique(np.sort(np.concatenate(pairs), 1), axis=0)
+    span = c_hi - c_lo + 1  # [F, 2] cells covered in x and y
+    tri, k = ragged_ranges(span[:, 0] * span[:, 1])
+    key = np.stack([group[tri], c_lo[tri, 0] + k % span[tri, 0], c_lo[tri, 1] + k // span[tri, 0]], -1)
+    _, cell_id = np.unique(key, axis=0, return_inverse=True)
+    order = np.argsort(cell_id, kind="stable")
+    tri, cell_id = tri[order], cell_id.ravel()[order]
+    size = np.bincount(cell_id)
+    start = np.cumsum(size) - size
+    after = (start + size)[cell_id] - np.arange(len(tri)) - 1  # later members of the same cell
+    first, step = ragged_ranges(after)
+    pairs = np.stack([tri[first], tri[first + 1 + step]], -1)
+    return np.unique(np.sort(pairs, 1), axis=0) if len(pairs) else np.zeros((0, 2), np.int64)
 
 
 def overlapping(tri_uv: np.ndarray, group: np.ndarray, tol: float = 1e-9) -> np.ndarray:

@@ -17,14 +17,18 @@ def _cross(a, b):
     return a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]
 
 
+def ragged_ranges(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For counts [N]: (owner, k) listing k = 0..counts[n]-1 for every n, flattened. [sum(counts)] each"""
+    owner = np.repeat(np.arange(len(counts)), counts)
+    return owner, np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+
+
 def _candidates(p: np.ndarray, R: int, margin: int):
     """Texels in each triangle's bounding box (grown by `margin`). p: [F, 3, 2] texel coords."""
     lo = np.clip(np.ceil(p.min(1) - margin), 0, R - 1).astype(np.int64)  # [F, 2] (x=j, y=i)
     hi = np.clip(np.floor(p.max(1) + margin), 0, R - 1).astype(np.int64)
     w, h = np.maximum(hi[:, 0] - lo[:, 0] + 1, 0), np.maximum(hi[:, 1] - lo[:, 1] + 1, 0)
-    count = w * h
-    tri = np.repeat(np.arange(len(p)), count)
-    k = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+    tri, k = ragged_ranges(w * h)
     return tri, lo[tri, 1] + k // w[tri], lo[tri, 0] + k % w[tri]
 
 

@@ -62,6 +62,12 @@ def _rays(camera, supersample: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return np.broadcast_to(origin, d_cam.shape), d_cam @ R.astype(np.float32), d_cam[:, 2]
 
 
+def _box(samples: np.ndarray) -> np.ndarray:
+    """Mean over the supersamples of each pixel: [H, s, W, s, ...] -> [H, W, ...] (strided adds, no reduce)."""
+    s = samples.shape[1]
+    return sum(samples[:, i, :, j] for i in range(s) for j in range(s)) / (s * s)
+
+
 class MeshRenderer:
     """Renders one `Surface` from many cameras (the Embree scene is built once)."""
 
@@ -89,7 +95,7 @@ class MeshRenderer:
         linear = np.empty((len(ok), 3), np.float32)
         linear[:] = np.asarray(background, np.float32) ** 2.2
         linear[ok] = np.clip(albedo * irradiance, 0, 1)
-        rgb = linear.reshape(H, s, W, s, 3).mean((1, 3)) ** (1 / 2.2)  # average in linear
-        mask = ok.reshape(H, s, W, s).mean((1, 3))
+        rgb = _box(linear.reshape(H, s, W, s, 3)) ** (1 / 2.2)  # average in linear
+        mask = _box(ok.reshape(H, s, W, s).astype(np.float32))
         depth = np.where(ok, hit["tfar"] * z_per_t, 0.0).reshape(H, s, W, s)[:, s // 2, :, s // 2]
         return rgb.astype(np.float32), mask.astype(np.float32), depth.astype(np.float32)

@@ -157,3 +157,13 @@ def test_ict_template_subject(tmp_path):
     assert g.basis.valid.shape[1] > 64  # several canvases: the eyeballs overlap the face in UV space
     masks = [np.asarray(Image.open(cap.mask_files[c.id])) for c in cap.cameras]
     assert all(0.05 < (m > 127).mean() < 0.7 for m in masks)
+
+
+def test_synth_and_build_commands(tmp_path, capsys):
+    args = ["--rig", "random3", "--resolution", "32", "--texture-resolution", "64", "--seed", "5"]
+    assert main(["data", "synth", "--subjects", "3", "--out", str(tmp_path / "caps"), *args]) == 0
+    assert "9 views rendered" in capsys.readouterr().out  # 3 subjects x 3 cameras
+    assert sorted(p.name for p in (tmp_path / "caps").iterdir()) == ["synth.json"] + [subject_name(i) for i in range(3)]
+    assert main(["data", "build", str(tmp_path / "caps"), "--out", str(tmp_path / "tfds"), "--test", "0.34",
+                 "--validation", "0"]) == 0
+    assert "subjects test: 1, validation: 0, train: 2; 0 skipped" in capsys.readouterr().out

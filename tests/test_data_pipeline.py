@@ -162,3 +162,13 @@ def test_two_jax_processes_get_disjoint_shards_covering_the_split(dataset):
     train = dataset_metadata(dataset)["subjects"]["train"]
     assert len(shards[0]) == len(shards[1]) == 3 and not set(shards[0]) & set(shards[1])
     assert sorted(shards[0] + shards[1]) == sorted(train)
+
+
+def test_captures_without_masks_get_full_masks(dataset):
+    cfg = PipelineConfig(batch_size=1, views=CFG.views, num_epochs=1, shuffle=False)
+    seen = {}
+    for b in make_pipeline(load_source(dataset, "train"), cfg, seed=0, shard_options=ONE_SHARD):
+        seen[b["subject"][0].decode()] = (bool(b["has_masks"][0]), b["target_masks"][0])
+    assert seen["s03"][0] is False and (seen["s03"][1] == 1).all()  # s03 (train) was written without masks/
+    masked = [m for name, (has, m) in seen.items() if name != "s03"]
+    assert all(seen[n][0] for n in seen if n != "s03") and all(0 < m.mean() < 1 for m in masked)

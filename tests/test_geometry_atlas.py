@@ -209,3 +209,18 @@ def test_folded_chart_triangles_are_detached():
     labels = chart_labels(face_uvs, uv[face_uvs])
     assert labels[1] == labels[2] and len({labels[0], labels[1], labels[3]}) == 3
     assert len(overlapping_pairs(uv[face_uvs])) == 1  # the reference sees the fold too
+
+
+def test_skyline_rectangles_are_disjoint_and_inside():
+    from headsup_jax.geometry.packing import _skyline
+
+    rng = np.random.default_rng(0)
+    w, h = rng.uniform(0.02, 0.3, 60), rng.uniform(0.02, 0.3, 60)
+    x, y, top = _skyline(w, h, np.argsort(-w * h), 1.0)
+    assert np.all(x >= 0) and np.all(x + w <= 1 + 1e-12) and np.all(y >= 0) and top == pytest.approx((y + h).max())
+    ox = np.minimum(x[:, None] + w[:, None], x[None] + w[None]) - np.maximum(x[:, None], x[None])
+    oy = np.minimum(y[:, None] + h[:, None], y[None] + h[None]) - np.maximum(y[:, None], y[None])
+    overlap = (ox > 1e-12) & (oy > 1e-12)
+    np.fill_diagonal(overlap, False)
+    assert not overlap.any()
+    assert top < 1.6 * (w * h).sum()  # packed densely: at least 62% of the used area is rectangles

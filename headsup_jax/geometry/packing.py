@@ -4,7 +4,7 @@ A chart is a set of triangles connected through shared UV indices and wound the 
 mirrored or folded pieces become charts of their own); triangles that still overlap another triangle
 of their chart (a fold within one winding) are detached into one-triangle charts. Each chart's UV bounding box is scaled so that
 all charts get the same texel density on the surface (rectangle area proportional to 3D area) and the
-rectangles are shelf-packed, with a gutter between them, into the unit square at the largest scale
+rectangles are skyline-packed (bottom-left), with a gutter between them, into the unit square at the largest scale
 that fits. Charts are only scaled and translated, never rotated.
 """
 from __future__ import annotations
@@ -75,17 +75,34 @@ def chart_labels(face_uvs: np.ndarray, tri_uv: np.ndarray) -> np.ndarray:
     return np.unique(chart, return_inverse=True)[1].astype(np.int32)
 
 
-def _shelf(widths, heights, order, bin_width):
-    """Left-to-right shelves in `order`; returns (x, y, total height)."""
+def _skyline(widths, heights, order, bin_width):
+    """Bottom-left skyline packing in `order`: each rectangle goes where its top ends lowest (then
+    leftmost). Returns (x, y, total height)."""
     x, y = np.zeros(len(widths)), np.zeros(len(widths))
-    cx = cy = shelf_h = 0.0
+    sky = [(0.0, 0.0)]  # (start x, height) of each skyline segment, sorted by x; segment k ends at k+1
     for i in order:
-        if cx + widths[i] > bin_width and cx > 0:
-            cy, cx, shelf_h = cy + shelf_h, 0.0, 0.0
-        x[i], y[i] = cx, cy
-        cx += widths[i]
-        shelf_h = max(shelf_h, heights[i])
-    return x, y, cy + shelf_h
+        w, best = widths[i], None
+        for k, (sx, _) in enumerate(sky):
+            if sx + w > bin_width + 1e-12:
+                break
+            top = max(h for j, (tx, h) in enumerate(sky) if tx < sx + w - 1e-12 and
+                      (j + 1 == len(sky) or sky[j + 1][0] > sx + 1e-12))
+            if best is None or top + heights[i] < best[0] - 1e-12:
+                best = (top + heights[i], sx, top)
+        if best is None:
+            return x, y, np.inf
+        _, sx, top = best
+        x[i], y[i] = sx, top
+        end = sx + w
+        after = [s for s in sky if s[0] >= end - 1e-12]
+        covered = [s for s in sky if s[0] < end - 1e-12]
+        tail = [(end, covered[-1][1])] if (not after or after[0][0] > end + 1e-12) and end < bin_width - 1e-12 else []
+        merged = []
+        for seg in [s for s in sky if s[0] < sx - 1e-12] + [(sx, top + heights[i])] + tail + after:
+            if not merged or abs(merged[-1][1] - seg[1]) > 1e-12:
+                merged.append(seg)
+        sky = merged
+    return x, y, max(h for _, h in sky)
 
 
 def pack_charts(tri_uv: np.ndarray, area3d: np.ndarray, chart: np.ndarray, gutter: float):
@@ -102,22 +119,26 @@ def pack_charts(tri_uv: np.ndarray, area3d: np.ndarray, chart: np.ndarray, gutte
     uv_area = np.bincount(chart, np.abs(signed_uv_area(tri_uv)), C)
     density = np.sqrt(np.bincount(chart, area3d, C) / np.maximum(uv_area, 1e-30))  # surface length per UV unit
     size = (hi - lo) * density[:, None]  # [C, 2] before the global scale
-    order = np.argsort(-size[:, 1], kind="stable")
+    orders = [np.argsort(-key, kind="stable") for key in (size[:, 0] * size[:, 1], size[:, 1], size.max(1), size[:, 0])]
 
-    def fits(k):
+    def fits(k, order):
         w, h = k * size[:, 0] + gutter, k * size[:, 1] + gutter
-        return w.max() <= 1 and _shelf(w, h, order, 1.0)[2] <= 1
+        return w.max() <= 1 and _skyline(w, h, order, 1.0)[2] <= 1
 
-    lo_k, hi_k = 0.0, 1.0 / max(size.max(), 1e-30)
-    if not fits(0.0):
+    if not fits(0.0, orders[0]):
         raise ValueError(f"atlas: {C} charts do not fit even at zero size with gutter {gutter:.4g}; "
                          "raise the resolution or select fewer regions")
-    for _ in range(50):
-        mid = 0.5 * (lo_k + hi_k)
-        lo_k, hi_k = (mid, hi_k) if fits(mid) else (lo_k, mid)
-    k = lo_k
+    best_k, best_order = -1.0, None
+    for order in orders:  # the largest scale over a few orderings (area, height, longer side, width)
+        lo_k, hi_k = 0.0, 1.0 / max(size.max(), 1e-30)
+        for _ in range(40):
+            mid = 0.5 * (lo_k + hi_k)
+            lo_k, hi_k = (mid, hi_k) if fits(mid, order) else (lo_k, mid)
+        if lo_k > best_k:
+            best_k, best_order = lo_k, order
+    k = best_k
     w, h = k * size[:, 0] + gutter, k * size[:, 1] + gutter
-    x, y, _ = _shelf(w, h, order, 1.0)
+    x, y, _ = _skyline(w, h, best_order, 1.0)
     scale = (k * density)[chart][:, None, None]  # [F, 1, 1]
     offset = np.stack([x, y], -1) + 0.5 * gutter  # [C, 2]
     packed = (tri_uv - lo[chart][:, None]) * scale + offset[chart][:, None]

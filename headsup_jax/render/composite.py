@@ -80,6 +80,7 @@ def alpha_grads(d_alpha, alpha, falloff, dx, dy, attrs, rules: CompositingRules)
 
 
 TILE_GROUP = 64  # tiles composited together; groups run one after another, longest lists first
+UNROLL = 8  # list entries per loop iteration (amortises the loop's overhead; divides the capacity)
 
 
 def _in_tile_groups(fn, counts, *tile_arrays, group: int = TILE_GROUP):
@@ -133,7 +134,7 @@ def _forward_tiles(counts, attrs, centers, *, rules: CompositingRules, autodiff:
     num_tiles, _, capacity = attrs.shape
     px, py = centers[:, 0], centers[:, 1]  # [T, PIX]
 
-    def body(state):
+    def entry(state):
         k, trans, acc, done, last = state
         e = _entry(attrs, k)
         alpha, _, _, _ = gaussian_alpha(e, px, py, rules)  # [T, PIX]
@@ -145,6 +146,11 @@ def _forward_tiles(counts, attrs, centers, *, rules: CompositingRules, autodiff:
         acc = acc + jnp.stack(e[6:10], 1) * w[:, None, :]  # [T, 4, PIX] colour and depth
         return k + 1, jnp.where(keep, after, trans), acc, done | stops, jnp.where(stops, k, last)
 
+    def body(state):
+        for _ in range(UNROLL):
+            state = entry(state)
+        return state
+
     pix = centers.shape[-1]
     init = (
         jnp.int32(0),
@@ -154,7 +160,7 @@ def _forward_tiles(counts, attrs, centers, *, rules: CompositingRules, autodiff:
         jnp.zeros((num_tiles, pix), jnp.int32),
     )
     if autodiff:
-        (_, trans, acc, done, last), _ = jax.lax.scan(lambda s, _: (body(s), None), init, length=capacity)
+        (_, trans, acc, done, last), _ = jax.lax.scan(lambda s, _: (body(s), None), init, length=capacity // UNROLL)
     else:
         n = jnp.max(counts, initial=0)
         _, trans, acc, done, last = jax.lax.while_loop(lambda s: (s[0] < n) & ~jnp.all(s[3]), body, init)
@@ -169,7 +175,7 @@ def _backward_tiles(counts, attrs, centers, out, last, d_out, *, rules: Composit
     d_values = d_out[:, :4]  # [T, 4, PIX] cotangents of colour and depth
     trans_final = out[:, 4]
 
-    def body(state):
+    def entry(state):
         k, trans, tail, grads = state  # tail: cotangent-weighted sum of all behind entry k
         e = _entry(attrs, k)
         alpha, falloff, dx, dy = gaussian_alpha(e, px, py, rules)
@@ -185,7 +191,15 @@ def _backward_tiles(counts, attrs, centers, out, last, d_out, *, rules: Composit
         grads = jax.lax.dynamic_update_index_in_dim(grads, column, k, axis=2)
         return k - 1, before, tail + v * w, grads
 
-    init = (jnp.max(last, initial=0) - 1, trans_final, d_out[:, 4] * trans_final, jnp.zeros_like(attrs))
+    def body(state):
+        for _ in range(UNROLL):
+            state = entry(state)
+        return state
+
+    # start at the end of the unrolled block holding the last entry any pixel used; entries past a pixel's
+    # stop (and padding) have alpha 0 and leave everything unchanged
+    end = -(-jnp.max(last, initial=0) // UNROLL) * UNROLL
+    init = (end - 1, trans_final, d_out[:, 4] * trans_final, jnp.zeros_like(attrs))
     return jax.lax.while_loop(lambda s: s[0] >= 0, body, init)[3]
 
 

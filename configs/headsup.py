@@ -1,0 +1,69 @@
+"""HeadsUp reconstruction, big_vision style: `--config configs/headsup.py:SIZE`, SIZE in tiny|s|m|l|xl.
+
+tiny trains on a 2-core CPU in minutes; xl is the paper's scale (64 x 64 x 512 latent, stage 1 at
+half resolution with 10 input views, batch 64, bfloat16). Unknowns of the paper (block counts, UV
+resolution, loss weights) are values here, not constants in the code.
+"""
+import ml_collections
+
+SIZES = {
+    #       image (H, W), views, dim, latent, depth, heads, atlas R, encoder widths, decoder widths, batch
+    "tiny": dict(image=(64, 48), views=4, dim=64, latent=8, depth=2, heads=4, atlas=64,
+                 enc=(16, 32), dec=(64, 48, 32, 16), batch=4),
+    "s": dict(image=(128, 128), views=6, dim=256, latent=16, depth=4, heads=4, atlas=128,
+              enc=(32, 64, 128), dec=(256, 128, 64, 32), batch=8),
+    "m": dict(image=(256, 192), views=8, dim=384, latent=32, depth=6, heads=6, atlas=256,
+              enc=(64, 128, 256, 384), dec=(384, 192, 96, 48), batch=16),
+    "l": dict(image=(384, 288), views=10, dim=512, latent=64, depth=8, heads=8, atlas=256,
+              enc=(64, 128, 256, 512), dec=(512, 256, 128), batch=32),
+    "xl": dict(image=(512, 384), views=10, dim=512, latent=64, depth=12, heads=8, atlas=512,
+               enc=(64, 128, 256, 512), dec=(512, 256, 128, 64), batch=64),
+}
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+    size = arg or "tiny"
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
+    s = SIZES[size]
+    c = ml_collections.ConfigDict()
+    c.size = size
+    c.seed = 0
+    c.compute_dtype = "float32" if size == "tiny" else "bfloat16"  # parameters stay float32
+    c.template = "auto"  # "auto": the ICT-FaceKit archive when present, else the built-in procedural head
+    c.atlas_resolution = s["atlas"]
+
+    c.model = dict(dim=s["dim"], latent_size=s["latent"], depth=s["depth"], heads=s["heads"], mlp_ratio=4,
+                   self_attention=True, remat=size in ("l", "xl"), scan_layers=size in ("l", "xl"),
+                   encoder_widths=s["enc"], encoder_blocks=1 if size == "tiny" else 2,
+                   decoder_widths=s["dec"], decoder_blocks=1 if size == "tiny" else 2,
+                   offset_scale=0.01)  # metres per unit of raw offset
+    c.background = dict(enabled=False, num_gaussians=4096, radius=3.0, code_dim=32, width=64)
+
+    c.data = dict(
+        source="synthetic",  # "synthetic" (generated on first use into workdir/data) or a TFDS/capture folder
+        synthetic_subjects=64 if size == "tiny" else 10000,
+        rig="frontal16",
+        image_size=s["image"],  # (H, W) of the model's inputs and targets
+        num_inputs=s["views"],
+        num_targets=2 if size == "tiny" else 4,
+        batch_size=s["batch"],
+        workers=0 if size == "tiny" else 8,
+        skip_bad_records=True,
+    )
+    c.render = dict(backend="auto", tile_capacity=0, max_pairs=0)  # 0: the renderer's defaults
+
+    c.loss = dict(l1=1.0, dssim=0.2, mask=0.1, tv=0.01, offset=0.1, background=(1.0, 1.0, 1.0))
+
+    c.optim = dict(name="adam", lr=2e-4, warmup_steps=100 if size == "tiny" else 2000, total_steps=
+                   2000 if size == "tiny" else 900_000, b1=0.9, b2=0.99, weight_decay=0.0, clip_norm=1.0,
+                   grad_accum=1)
+
+    c.mesh = dict(data=-1, fsdp=1, tensor=1)  # -1: all remaining devices
+    # logical axis -> mesh axes; FSDP then shards each parameter's largest free dimension over "fsdp".
+    c.sharding_rules = (("batch", ("data", "fsdp")), ("heads", "tensor"), ("mlp", "tensor"))
+
+    c.checkpoint = dict(every=500, keep=3)
+    c.log = dict(every=10, images_every=200, eval_subjects=4)
+    c.on_nonfinite = "raise"  # or "skip": drop the update and count it
+    return c

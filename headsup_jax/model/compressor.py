@@ -1,0 +1,85 @@
+"""LatentCompressor: learnable UV-grid queries cross-attend to the tokens of all views (Perceiver style).
+
+The latent has Lh x Lw x dim entries whatever the number of views or the image size. Queries start from
+the template's positional prior (its UV position and normal maps, pooled to the latent grid).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from headsup_jax.model.layers import Attention, Buffer, Mlp, axes, dense
+
+
+def layer_norm(dim: int, rngs: nnx.Rngs, dtype) -> nnx.LayerNorm:
+    return nnx.LayerNorm(dim, dtype=dtype, scale_metadata=axes("embed"), bias_metadata=axes("embed"), rngs=rngs)
+
+
+def pooled_prior(position_map: np.ndarray, normal_map: np.ndarray, mask: np.ndarray, size: int,
+                 frequencies: int = 4) -> np.ndarray:
+    """Template prior on a size x size grid: mean position and normal of the valid texels of each cell,
+    their coverage, and Fourier features of the position. [R, R, 3] x2, [R, R] -> [size, size, F]"""
+    R = position_map.shape[0]
+    if R % size:
+        raise ValueError(f"atlas resolution {R} is not a multiple of the latent grid {size}")
+    f = R // size
+    m = mask.astype(np.float64).reshape(size, f, size, f)
+    cover = m.mean((1, 3))
+    pool = lambda x: (x.reshape(size, f, size, f, 3) * m[..., None]).sum((1, 3)) / np.maximum(m.sum((1, 3)), 1)[..., None]
+    pos, nrm = pool(position_map), pool(normal_map)
+    bands = [fn(2.0 ** k * np.pi * pos / 0.15) for k in range(frequencies) for fn in (np.sin, np.cos)]
+    return np.concatenate([pos / 0.15, nrm, cover[..., None]] + bands, -1).astype(np.float32)
+
+
+class CompressorBlock(nnx.Module):
+    """Pre-norm: cross-attention to the view tokens, optional self-attention among queries, MLP."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int, self_attention: bool, *, rngs: nnx.Rngs, dtype):
+        self.norm_q, self.norm_kv = layer_norm(dim, rngs, dtype), layer_norm(dim, rngs, dtype)
+        self.cross = Attention(dim, heads, rngs, dtype)
+        self.norm_s = layer_norm(dim, rngs, dtype) if self_attention else None
+        self.self_attn = Attention(dim, heads, rngs, dtype) if self_attention else None
+        self.norm_m = layer_norm(dim, rngs, dtype)
+        self.mlp = Mlp(dim, mlp_ratio * dim, rngs, dtype)
+
+    def __call__(self, x, tokens):  # [B, L, D], [B, T, D] -> [B, L, D]
+        x = x + self.cross(self.norm_q(x), self.norm_kv(tokens))
+        if self.self_attn is not None:
+            h = self.norm_s(x)
+            x = x + self.self_attn(h, h)
+        return x + self.mlp(self.norm_m(x))
+
+
+class LatentCompressor(nnx.Module):
+    def __init__(self, prior: np.ndarray, dim: int, depth: int, heads: int, mlp_ratio: int = 4,
+                 self_attention: bool = True, remat: bool = False, scan_layers: bool = False, *,
+                 rngs: nnx.Rngs, dtype=jnp.float32):
+        self.grid = prior.shape[:2]
+        self.prior = Buffer(jnp.asarray(prior.reshape(-1, prior.shape[-1])))  # [L, F]
+        self.queries = nnx.Param(0.02 * jax.random.normal(rngs.params(), (self.prior.shape[0], dim)),
+                                 **axes("latent", "embed"))
+        self.prior_in = dense(prior.shape[-1], dim, (None, "embed"), rngs, dtype)
+        self.prior_out = dense(dim, dim, ("mlp", "embed"), rngs, dtype)
+        make = lambda r: CompressorBlock(dim, heads, mlp_ratio, self_attention, rngs=r, dtype=dtype)
+        self.scan_layers, self.remat = scan_layers, remat
+        if scan_layers:  # one stacked block: compiles once whatever the depth
+            self.blocks = nnx.split_rngs(splits=depth)(nnx.vmap(make, in_axes=0, out_axes=0))(rngs)
+        else:
+            self.blocks = nnx.List([make(rngs) for _ in range(depth)])
+        self.norm = layer_norm(dim, rngs, dtype)
+
+    def __call__(self, tokens):  # [B, T, D] -> [B, Lh, Lw, D]
+        q = self.queries[...] + self.prior_out(nnx.gelu(self.prior_in(self.prior[...])))  # [L, D]
+        x = jnp.broadcast_to(q.astype(tokens.dtype), (tokens.shape[0],) + q.shape)
+        step = lambda block, x: block(x, tokens)
+        if self.remat:
+            step = nnx.remat(step)
+        if self.scan_layers:
+            x = nnx.scan(lambda x, block: (step(block, x), None), in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))(
+                x, self.blocks)[0]
+        else:
+            for block in self.blocks:
+                x = step(block, x)
+        return self.norm(x).reshape(x.shape[0], *self.grid, -1)

@@ -1,0 +1,73 @@
+"""The HeadsUp model: views -> tokens -> latent Z -> UV attribute map -> Gaussians anchored on the template."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from headsup_jax.geometry import UVAtlas, anchor
+from headsup_jax.model.background import BackgroundModel
+from headsup_jax.model.compressor import LatentCompressor, pooled_prior
+from headsup_jax.model.decoder import UVDecoder, split_attributes
+from headsup_jax.model.encoder import ViewEncoder
+from headsup_jax.model.layers import Buffer
+from headsup_jax.render import Gaussians
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def concat_gaussians(a: Gaussians, b: Gaussians) -> Gaussians:
+    """Joins two batched sets [B, Ga], [B, Gb] -> [B, Ga + Gb], padding the lower SH degree with zeros."""
+    k = max(a.sh.shape[-2], b.sh.shape[-2])
+    pad = lambda g: dataclasses.replace(g, sh=jnp.pad(g.sh, [(0, 0), (0, 0), (0, k - g.sh.shape[-2]), (0, 0)]))
+    return jax.tree.map(lambda x, y: jnp.concatenate([x, y], axis=1), pad(a), pad(b))
+
+
+class HeadsUp(nnx.Module):
+    """Feed-forward reconstruction: N calibrated views -> G head Gaussians (+ background Gaussians).
+
+    G is fixed by the atlas; nothing after the compressor depends on N or on the image size.
+    """
+
+    def __init__(self, config, template_vertices, atlas: UVAtlas, *, rngs: nnx.Rngs):
+        dtype = DTYPES[config.compute_dtype]
+        m = config.model
+        self.atlas = atlas
+        self.offset_scale = m.offset_scale
+        self.template_vertices = Buffer(jnp.asarray(template_vertices, jnp.float32))  # [V, 3]
+        self.encoder = ViewEncoder(m.dim, m.encoder_widths, m.encoder_blocks, rngs=rngs, dtype=dtype)
+        prior = pooled_prior(atlas.position_map, atlas.normal_map, atlas.mask, m.latent_size)
+        self.compressor = LatentCompressor(prior, m.dim, m.depth, m.heads, m.mlp_ratio, m.self_attention,
+                                           remat=m.remat, scan_layers=m.scan_layers, rngs=rngs, dtype=dtype)
+        self.decoder = UVDecoder(m.dim, m.latent_size, atlas.resolution, m.decoder_widths, m.decoder_blocks,
+                                 rngs=rngs, dtype=dtype)
+        bg = config.background
+        self.background = (BackgroundModel(bg.num_gaussians, bg.radius, bg.code_dim, bg.width, rngs=rngs, dtype=dtype)
+                           if bg.enabled else None)
+
+    @property
+    def num_gaussians(self) -> int:
+        return self.atlas.count
+
+    def latent(self, images, K, world_to_cam):
+        """[B, N, H, W, 3], [B, N, 3, 3], [B, N, 4, 4] -> Z [B, Lh, Lw, dim]"""
+        return self.compressor(self.encoder(images, K, world_to_cam))
+
+    def head_gaussians(self, uv_map) -> tuple[Gaussians, dict]:
+        """UV map [B, R, R, A] -> head Gaussians [B, G] and the raw per-Gaussian predictions."""
+        raw = split_attributes(self.atlas.gather(uv_map))  # name -> [B, G, n]
+        raw["offset"] = raw["offset"] * self.offset_scale  # metres
+        place = lambda r: anchor(self.template_vertices[...], self.atlas, offsets=r["offset"], rotations=r["rotation"],
+                                 log_scales=r["log_scale"], opacity_logits=r["opacity"][..., 0],
+                                 sh=r["sh"].reshape(r["sh"].shape[:-1] + (4, 3)))
+        return jax.vmap(place)(raw), raw
+
+    def __call__(self, images, K, world_to_cam) -> tuple[Gaussians, dict]:
+        """Views -> Gaussians [B, G (+ G_bg)] and aux {"uv_map" [B, R, R, A], "offsets" [B, G, 3], "num_head"}."""
+        uv_map = self.decoder(self.latent(images, K, world_to_cam))
+        gaussians, raw = self.head_gaussians(uv_map)
+        if self.background is not None:
+            gaussians = concat_gaussians(gaussians, self.background(images))
+        return gaussians, {"uv_map": uv_map, "offsets": raw["offset"]}

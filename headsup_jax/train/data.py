@@ -1,0 +1,81 @@
+"""Training data from the config: synthetic subjects generated on first use, or a built dataset."""
+from __future__ import annotations
+
+import pathlib
+
+import jax
+
+from headsup_jax.data.pipeline import PipelineConfig, make_pipeline
+from headsup_jax.data.views import ViewSpec
+
+def template_spec(config) -> str:
+    """config.template, with "auto" resolved: the ICT-FaceKit archive when present, else procedural."""
+    if config.template != "auto":
+        return config.template
+    from headsup_jax.geometry.loaders import ict_path
+
+    return "ict" if ict_path().exists() else "procedural"
+
+
+MODEL_KEYS = ("inputs", "input_cameras", "targets", "target_cameras", "target_masks")
+
+
+def dataset_dir(config, workdir) -> pathlib.Path:
+    """The TFDS dataset folder of `config.data.source`; synthetic data is generated and built once."""
+    d = config.data
+    if d.source != "synthetic":
+        return pathlib.Path(d.source)
+    from headsup_jax.data.synth import SynthConfig, generate
+    from headsup_jax.data.tfds_builder import build_dataset
+
+    root = pathlib.Path(workdir) / "data"
+    done = root / "BUILT"
+    if not done.exists():
+        if jax.process_index() == 0:
+            height = max(d.image_size[0], 64)
+            generate(root / "captures", d.synthetic_subjects,
+                     SynthConfig(rig=d.rig, resolution=height, seed=config.seed, template=template_spec(config)),
+                     workers=max(d.workers, 1))
+            path = build_dataset(root / "captures", root / "tfds", split_seed=config.seed)
+            done.write_text(str(path))
+        else:
+            raise RuntimeError(f"process {jax.process_index()}: generate the synthetic data first "
+                               f"(process 0 writes {done}; run it alone once, or point data.source at a dataset)")
+    return pathlib.Path(done.read_text())
+
+
+def view_spec(config, num_targets: int | None = None) -> ViewSpec:
+    d = config.data
+    return ViewSpec(num_inputs=d.num_inputs, num_targets=num_targets or d.num_targets, height=d.image_size[0],
+                    width=d.image_size[1])
+
+
+def train_iterator(config, workdir, seed: int | None = None):
+    """This process's batch iterator over the train split (batch_size is per process)."""
+    from headsup_jax.data.tfds_builder import load_source
+
+    d = config.data
+    if d.batch_size % jax.process_count():
+        raise ValueError(f"data.batch_size {d.batch_size} is not divisible by {jax.process_count()} processes")
+    pipeline = PipelineConfig(batch_size=d.batch_size // jax.process_count(), views=view_spec(config),
+                              worker_count=d.workers, fail_fast=not d.skip_bad_records)
+    source = load_source(dataset_dir(config, workdir), "train")
+    return make_pipeline(source, pipeline, seed=config.seed if seed is None else seed)
+
+
+def model_inputs(batch: dict) -> dict:
+    """The arrays the train step consumes (drops names and flags)."""
+    return {k: batch[k] for k in MODEL_KEYS}
+
+
+def eval_batch(config, workdir, split: str, num_subjects: int, num_targets: int) -> dict:
+    """One deterministic batch of the first `num_subjects` subjects of a split (all on this process)."""
+    import grain
+
+    from headsup_jax.data.tfds_builder import load_source
+
+    source = load_source(dataset_dir(config, workdir), split)
+    n = min(num_subjects, len(source))
+    pipeline = PipelineConfig(batch_size=n, views=view_spec(config, num_targets), shuffle=False, num_epochs=1)
+    it = make_pipeline(source, pipeline, seed=12345, shard_options=grain.sharding.NoSharding())
+    return next(it)

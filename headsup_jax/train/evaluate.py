@@ -1,0 +1,59 @@
+"""Evaluation on held-out identities and novel views: metrics JSON and an image grid."""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from headsup_jax.train.data import eval_batch, model_inputs
+from headsup_jax.train.metrics import image_metrics
+from headsup_jax.train.objective import objective
+
+
+def evaluate_batch(experiment, state, batch: dict) -> dict:
+    """Renders the target views of one batch -> {"metrics": name -> [B, M], "renders", "targets"}."""
+    config = experiment.config
+
+    @jax.jit
+    def run(state, batch):
+        model = nnx.merge(experiment.graphdef, state)[0]
+        _, (_, renders, target) = objective(model, batch, config)
+        return image_metrics(renders.rgb, target, batch["target_masks"]), renders.rgb, target
+
+    metrics, renders, targets = run(state, jax.tree.map(jnp.asarray, model_inputs(batch)))
+    return {"metrics": jax.tree.map(np.asarray, metrics), "renders": np.asarray(renders), "targets": np.asarray(targets)}
+
+
+def image_grid(renders: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Rows: subjects; columns: (render, target) per view. [B, M, H, W, 3] x2 -> [B*H, 2*M*W, 3] uint8"""
+    pairs = np.stack([renders, targets], 2)  # [B, M, 2, H, W, 3]
+    B, M, _, H, W, _ = pairs.shape
+    grid = pairs.transpose(0, 3, 1, 2, 4, 5).reshape(B * H, M * 2 * W, 3)
+    return (np.clip(grid, 0, 1) * 255).astype(np.uint8)
+
+
+def evaluate(config, workdir, split: str = "test", num_subjects: int = 16, num_targets: int = 4) -> dict:
+    """Metrics of the newest checkpoint on `split` -> writes eval_<split>.json and eval_<split>.png."""
+    from PIL import Image
+
+    from headsup_jax.data.io import write_bytes_atomic
+    from headsup_jax.train.checkpoint import Checkpointer
+    from headsup_jax.train.experiment import build_experiment
+
+    workdir = pathlib.Path(workdir)
+    experiment = build_experiment(config, workdir)
+    ckpt = Checkpointer(workdir, config.checkpoint.every, config.checkpoint.keep)
+    step, state, _ = ckpt.restore(experiment.state)
+    batch = eval_batch(config, workdir, split, num_subjects, num_targets)
+    result = evaluate_batch(experiment, state, batch)
+    summary = {"step": step, "split": split, "subjects": int(result["renders"].shape[0]),
+               **{k: float(np.mean(v)) for k, v in result["metrics"].items()},
+               "per_subject": {k: np.mean(v, axis=1).tolist() for k, v in result["metrics"].items()}}
+    write_bytes_atomic(workdir / f"eval_{split}.json", json.dumps(summary, indent=2).encode())
+    Image.fromarray(image_grid(result["renders"], result["targets"])).save(workdir / f"eval_{split}.png")
+    ckpt.close()
+    return summary

@@ -45,7 +45,7 @@ def test_zero_predictions_match_mesh_silhouette(which, resolution):
     t = load_template(which)
     atlas = build_atlas(t, resolution)
     g = anchor(t.vertices, atlas)
-    render = jax.jit(lambda cam: rasterize(g, cam, background=jnp.ones(3), eps2d=0.0, tile_capacity=4096,
+    render = jax.jit(lambda cam: rasterize(g, cam, background=jnp.ones(3), eps2d=0.0, tile_capacity=8192,
                                            max_pairs=16 * atlas.count))
     ious = []
     for cam in orbit(4, 0.7, 128, 128, fov_y_degrees=30.0, elevation_degrees=10.0):

@@ -182,6 +182,8 @@ def test_malformed_obj_files_name_file_and_field(small, tmp_path):
         load_template("head.ply")
     with pytest.raises(FileNotFoundError, match="missing.obj: template OBJ not found"):
         load_template(str(tmp_path / "missing.obj"))
+    with pytest.raises(FileNotFoundError, match="nowhere: blendshape folder not found"):
+        load_template(f"{tmp_path / 'head.obj'},{tmp_path / 'nowhere'}")
 
 
 def test_template_validation_names_field(small):
@@ -194,6 +196,7 @@ def test_template_validation_names_field(small):
         ({"faces": np.where(small.faces == 0, 10 ** 6, small.faces).astype(np.int32)}, "faces: face 0 references index"),
         ({"face_uvs": small.face_uvs[:-1]}, "face_uvs: shape \\[.*\\], expected \\[.*, 3\\]"),
         ({"expression_deltas": small.expression_deltas[:, :-1]}, "expression_deltas: shape"),
+        ({"identity_deltas": small.identity_deltas.astype(np.float16)}, "identity_deltas: dtype float16"),
         ({"landmarks": np.array([len(small.vertices)])}, "landmarks: vertex indices"),
         ({"regions": {"face": np.array([len(small.faces)])}}, "regions\\['face'\\]: face indices"),
     ]

@@ -6,6 +6,7 @@ converts to metres and validates topology, naming the file and field of anything
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import pickle
@@ -85,9 +86,9 @@ def load_obj_template(obj_path, blendshape_dir=None, scale: float = 1.0, name: s
     mesh = read_obj(obj_path)
     if mesh.face_uvs is None or not len(mesh.uvs):
         raise ValueError(f"{obj_path}: faces have no texture coordinates (vt and f v/vt): the atlas needs UVs")
-    shapes = sorted(pathlib.Path(blendshape_dir).glob("*.obj")) if blendshape_dir else []
     if blendshape_dir and not pathlib.Path(blendshape_dir).is_dir():
         raise FileNotFoundError(f"{blendshape_dir}: blendshape folder not found")
+    shapes = sorted(pathlib.Path(blendshape_dir).glob("*.obj")) if blendshape_dir else []
     if regions is None:
         regions = {} if list(mesh.groups) == ["default"] else mesh.groups
     identity = _shapes(list(identity_paths), mesh.vertices, scale, obj_path.name) if identity_paths else None
@@ -126,8 +127,8 @@ def load_ict_folder(folder) -> HeadTemplate:
     if len(mesh.vertices) == ICT_REGIONS["eyelashes_right"][1] + 1:
         regions = _regions_from_ranges(mesh.faces, list(ICT_REGIONS), list(ICT_REGIONS.values()))
     t = load_obj_template(neutral, None, CM, folder.name, identity, regions if regions is not None else {})
-    return HeadTemplate(**{**t.__dict__, "expression_names": tuple(p.stem for p in expressions),
-                           "expression_deltas": _shapes(expressions, mesh.vertices, CM, neutral.name)})
+    return dataclasses.replace(t, expression_names=tuple(p.stem for p in expressions),
+                               expression_deltas=_shapes(expressions, mesh.vertices, CM, neutral.name))
 
 
 class _ChumpyStub:

@@ -100,10 +100,14 @@ def validate(t: HeadTemplate) -> None:
     _check_shape(n, "expression_deltas", t.expression_deltas, (E, V, 3))
     if len(set(t.expression_names)) != E:
         _fail(n, "expression_names", "duplicate names")
-    _check_finite(n, "expression_deltas", t.expression_deltas)
+    deltas = [("expression_deltas", t.expression_deltas)]
     if t.identity_deltas is not None:
         _check_shape(n, "identity_deltas", t.identity_deltas, (None, V, 3))
-        _check_finite(n, "identity_deltas", t.identity_deltas)
+        deltas.append(("identity_deltas", t.identity_deltas))
+    for field, a in deltas:
+        if a.dtype != np.float32:
+            _fail(n, field, f"dtype {a.dtype}, expected float32")
+        _check_finite(n, field, a)
     if t.landmarks is not None:
         lm = np.asarray(t.landmarks)
         if lm.ndim != 1 or (lm.size and (lm.min() < 0 or lm.max() >= V)):

@@ -151,10 +151,13 @@ def test_texel_barycentrics_and_points(which, request):
     assert not atlas.position_map[~atlas.mask].any() and not atlas.normal_map[~atlas.mask].any()
 
 
-def test_regions_and_arguments(proc, ict):
+def test_ict_region_selection(ict):
     atlas = build_atlas(ict, 64, regions=["teeth"])
     assert atlas.region_names == ("teeth",) and set(np.unique(atlas.region[atlas.mask])) == {0}
     assert np.isin(atlas.faces, ict.regions["teeth"]).all()
+
+
+def test_bad_arguments(proc):
     with pytest.raises(ValueError, match="unknown regions \\['nose'\\]; valid regions: face, head_neck"):
         build_atlas(proc, 64, regions=["nose"])
     with pytest.raises(ValueError, match="outside \\[32, 1024\\]"):

@@ -178,6 +178,12 @@ def test_malformed_obj_files_name_file_and_field(small, tmp_path):
     with pytest.raises(ValueError, match=f"jawOpen.obj: v: {len(small.vertices) - 5} vertices but head.obj has "
                                          f"{len(small.vertices)}"):
         load_template(str(tmp_path / "head.obj"))
+    faces = small.faces.copy()
+    faces[3] = faces[3, ::-1]
+    write_obj(tmp_path / "head_blendshapes" / "jawOpen.obj", small.vertices, faces)
+    with pytest.raises(ValueError, match=f"jawOpen.obj: f: its {len(faces)} faces differ from the {len(faces)} of "
+                                         "head.obj"):
+        load_template(str(tmp_path / "head.obj"))
     with pytest.raises(ValueError, match="unknown template 'head.ply'"):
         load_template("head.ply")
     with pytest.raises(FileNotFoundError, match="missing.obj: template OBJ not found"):
@@ -212,3 +218,24 @@ def test_ict_archive_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("HEADSUP_ICT_PATH", str(tmp_path / "nowhere.npz"))
     with pytest.raises(FileNotFoundError, match="nowhere.npz; set HEADSUP_ICT_PATH"):
         load_template("ict")
+
+
+def test_ict_folder_with_the_real_head(tmp_path):
+    """The ICT-FaceKit OBJ layout rebuilt from the archive (in a temporary folder): same head, same parts."""
+    if not ICT.exists():
+        pytest.skip(ICT_SKIP_REASON)
+    ref = load_template(str(ICT))
+    folder = tmp_path / "FaceXModel"
+    cm = ref.vertices.astype(np.float64) * 100
+    write_obj(folder / "generic_neutral_mesh.obj", cm, ref.faces, ref.uvs, ref.face_uvs)
+    write_obj(folder / "identity000.obj", cm + 100 * ref.identity_deltas[0], ref.faces)
+    jaw = ref.expression_names.index("jawOpen")
+    write_obj(folder / "jawOpen.obj", cm + 100 * ref.expression_deltas[jaw], ref.faces)
+    t = load_template(str(tmp_path))
+    np.testing.assert_allclose(t.vertices, ref.vertices, atol=1e-7)
+    assert t.regions.keys() == ref.regions.keys()
+    for name in ref.regions:
+        np.testing.assert_array_equal(t.regions[name], ref.regions[name])
+    assert t.expression_names == ("jawOpen",)
+    np.testing.assert_allclose(t.expression_deltas[0], ref.expression_deltas[jaw], atol=1e-7)
+    np.testing.assert_allclose(t.identity_deltas[0], ref.identity_deltas[0], atol=1e-7)

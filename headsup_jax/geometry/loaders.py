@@ -66,13 +66,18 @@ def load_ict_archive(path) -> HeadTemplate:
             name=path.name)
 
 
-def _shapes(paths, reference: np.ndarray, scale: float, neutral_name: str) -> np.ndarray:
-    """Deltas of full-shape OBJs against `reference` (same vertex count required). [K, V, 3] float32"""
+def _shapes(paths, reference: np.ndarray, scale: float, neutral_name: str, faces=None) -> np.ndarray:
+    """Deltas of full-shape OBJs against `reference` (same vertex count required; with `faces`, the
+    files' own faces, when they have any, must equal them). [K, V, 3] float32"""
     out = np.zeros((len(paths),) + reference.shape, np.float32)
     for k, p in enumerate(paths):
-        v = read_obj_vertices(p)
+        mesh = read_obj(p, require_faces=False) if faces is not None else None
+        v = read_obj_vertices(p) if mesh is None else mesh.vertices
         if v.shape != reference.shape:
             raise ValueError(f"{p}: v: {len(v)} vertices but {neutral_name} has {len(reference)}")
+        if mesh is not None and len(mesh.faces) and not np.array_equal(mesh.faces, faces):
+            raise ValueError(f"{p}: f: its {len(mesh.faces)} faces differ from the {len(faces)} of "
+                             f"{neutral_name} (blendshapes need the same topology)")
         out[k] = (v - reference) * scale
     return out
 
@@ -80,7 +85,8 @@ def _shapes(paths, reference: np.ndarray, scale: float, neutral_name: str) -> np
 def load_obj_template(obj_path, blendshape_dir=None, scale: float = 1.0, name: str | None = None,
                       identity_paths=(), regions=None) -> HeadTemplate:
     """A template from an OBJ with UVs; `blendshape_dir` holds `<ARKitName>.obj` files of the same
-    topology (full shapes, not deltas). OBJ groups become regions unless `regions` is given. `scale`
+    topology (full shapes, not deltas; faces, if present, are checked). Identity OBJs (ICT folders)
+    are read for their vertices only. OBJ groups become regions unless `regions` is given. `scale`
     converts the files' unit to metres."""
     obj_path = pathlib.Path(obj_path)
     mesh = read_obj(obj_path)
@@ -95,7 +101,7 @@ def load_obj_template(obj_path, blendshape_dir=None, scale: float = 1.0, name: s
     return HeadTemplate(
         vertices=(mesh.vertices * scale).astype(np.float32), faces=mesh.faces, uvs=mesh.uvs.astype(np.float32),
         face_uvs=mesh.face_uvs, regions=regions, expression_names=tuple(p.stem for p in shapes),
-        expression_deltas=_shapes(shapes, mesh.vertices, scale, obj_path.name), identity_deltas=identity,
+        expression_deltas=_shapes(shapes, mesh.vertices, scale, obj_path.name, mesh.faces), identity_deltas=identity,
         landmarks=None, name=name or obj_path.name)
 
 

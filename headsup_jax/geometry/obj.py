@@ -30,7 +30,7 @@ def _index(token: str, count: int, path, lineno: int, what: str) -> int:
     return k
 
 
-def read_obj(path) -> ObjMesh:
+def read_obj(path, require_faces: bool = True) -> ObjMesh:
     """Parses `path`; raises ValueError naming the file, line and field for malformed content."""
     path = pathlib.Path(path)
     verts, uvs, faces, fuvs, group_of_face = [], [], [], [], []
@@ -72,12 +72,12 @@ def read_obj(path) -> ObjMesh:
                     group_of_face.append(group)
     if not verts:
         raise ValueError(f"{path}: no vertices ('v' lines)")
-    if not faces:
+    if not faces and require_faces:
         raise ValueError(f"{path}: no faces ('f' lines)")
     names = np.asarray(group_of_face)
     groups = {g: np.flatnonzero(names == g).astype(np.int32) for g in dict.fromkeys(group_of_face)}
     return ObjMesh(np.asarray(verts, np.float64), np.asarray(uvs, np.float64).reshape(-1, 2),
-                   np.asarray(faces, np.int32), np.asarray(fuvs, np.int32) if has_uv else None, groups)
+                   np.asarray(faces, np.int32).reshape(-1, 3), np.asarray(fuvs, np.int32) if has_uv else None, groups)
 
 
 def write_obj(path, vertices, faces, uvs=None, face_uvs=None, groups=None) -> None:

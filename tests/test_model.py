@@ -1,0 +1,121 @@
+"""The HeadsUp model: camera conditioning, shapes, and that Gaussians and decoder cost do not depend on N."""
+import importlib.util
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from headsup_jax.model.rays import plucker_rays
+from headsup_jax.render.cameras import look_at, orbit
+from headsup_jax.train.experiment import build_model
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def get_config(size="tiny"):
+    spec = importlib.util.spec_from_file_location("headsup_config", ROOT / "configs" / "headsup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(size)
+    config.template = "procedural"
+    return config
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    config = get_config()
+    model, atlas, _ = build_model(config)
+    return config, model, atlas
+
+
+def views(n, height=64, width=48, batch=1, seed=0):
+    cams = orbit(n, 0.7, width, height, 30.0, elevation_degrees=10.0)
+    K = np.tile(np.stack([c.K for c in cams])[None], (batch, 1, 1, 1))
+    w2c = np.tile(np.stack([c.world_to_cam for c in cams])[None], (batch, 1, 1, 1))
+    images = np.random.default_rng(seed).uniform(size=(batch, n, height, width, 3)).astype(np.float32)
+    return jnp.asarray(images), jnp.asarray(K), jnp.asarray(w2c)
+
+
+def test_plucker_rays_pass_through_projected_points():
+    cam = look_at((0.3, 0.1, 0.8), 48, 64, 35.0)
+    rays = np.asarray(plucker_rays(jnp.asarray(cam.K), jnp.asarray(cam.world_to_cam), 64, 48))  # [H, W, 6]
+    rng = np.random.default_rng(0)
+    points = rng.uniform(-0.1, 0.1, (50, 3))
+    R, t = cam.world_to_cam[:3, :3], cam.world_to_cam[:3, 3]
+    pc = points @ R.T + t
+    uv = (pc @ cam.K.T)[:, :2] / pc[:, 2:]
+    origin = -R.T @ t
+    for p, (u, v) in zip(points, uv):
+        j, i = int(u), int(v)  # the pixel containing the projection; its centre ray passes within a pixel
+        d, m = rays[i, j, :3], rays[i, j, 3:]
+        np.testing.assert_allclose(np.linalg.norm(d), 1.0, atol=1e-5)
+        np.testing.assert_allclose(m, np.cross(origin, d), atol=1e-5)  # moment of a ray through the centre
+        dist = np.linalg.norm(np.cross(p - origin, d))  # distance of the point from the ray
+        assert dist < 1.5 * np.linalg.norm(p - origin) / cam.K[0, 0]
+
+
+def test_outputs_and_gaussian_count(tiny):
+    config, model, atlas = tiny
+    gaussians, aux = nnx.jit(lambda m, *a: m(*a))(model, *views(4, batch=2))
+    assert gaussians.means.shape == (2, atlas.count, 3) and gaussians.sh.shape == (2, atlas.count, 4, 3)
+    assert aux["uv_map"].shape == (2, atlas.resolution, atlas.resolution, 23)
+    # zero-initialised head: an untrained model puts its Gaussians on the template surface
+    np.testing.assert_allclose(np.asarray(aux["offsets"]), 0.0)
+    assert np.all(np.isfinite(np.asarray(gaussians.means)))
+
+
+def decoder_flops(model, latent):
+    graphdef, state = nnx.split(model)
+
+    def decode(state, z):
+        m = nnx.merge(graphdef, state)
+        return m.head_gaussians(m.decoder(z))[0]
+
+    return jax.jit(decode).lower(state, latent).compile().cost_analysis()["flops"]
+
+
+def test_gaussians_and_decoder_cost_do_not_depend_on_view_count(tiny):
+    config, model, atlas = tiny
+    graphdef, state = nnx.split(model)
+    latent_fn = jax.jit(lambda s, *a: nnx.merge(graphdef, s).latent(*a))
+    counts, flops, latent_shapes = [], [], []
+    for n in (2, 4, 8, 16):
+        z = latent_fn(state, *views(n))
+        latent_shapes.append(z.shape)
+        gaussians, _ = nnx.jit(lambda m, *a: m(*a))(model, *views(n))
+        counts.append(gaussians.means.shape[1])
+        flops.append(decoder_flops(model, z))
+    assert len(set(latent_shapes)) == 1 and latent_shapes[0][1:3] == (config.model.latent_size,) * 2
+    assert counts == [atlas.count] * 4
+    assert len(set(flops)) == 1 and flops[0] > 0, flops
+
+
+def test_remat_and_layer_scan_compute_the_same_function():
+    config = get_config()
+    config.model.depth = 3
+    base, _, _ = build_model(config)
+    x = views(3)
+    weights = jax.random.normal(jax.random.key(0), (1, 8, 8, config.model.dim))
+    latent = nnx.jit(lambda m: m.latent(*x))
+    out = latent(base)
+    grad = nnx.jit(nnx.grad(lambda m: jnp.sum(m.latent(*x) * weights)))
+    g_base = grad(base).compressor.queries[...]
+    assert np.abs(np.asarray(g_base)).max() > 1e-3
+    for option in ("remat", "scan_layers"):
+        variant = get_config()
+        variant.model.depth = 3
+        variant.model[option] = True
+        model, _, _ = build_model(variant)
+        if option == "scan_layers":  # copy the loop's block weights into the stacked ones
+            stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[nnx.state(b) for b in base.compressor.blocks])
+            nnx.update(model.compressor.blocks, stacked)
+            others = nnx.state(base, nnx.Not(nnx.PathContains("blocks")))
+            nnx.update(model, others)
+        else:
+            nnx.update(model, nnx.state(base))
+        np.testing.assert_allclose(latent(model), out, atol=1e-5, err_msg=option)
+        g_var = grad(model).compressor.queries[...]
+        np.testing.assert_allclose(g_var, g_base, atol=1e-5 * np.abs(np.asarray(g_base)).max(), err_msg=option)

@@ -10,7 +10,7 @@ SIZES = {
     #       image (H, W), views, dim, latent, depth, heads, atlas R, encoder widths, decoder widths, batch
     "tiny": dict(image=(64, 48), views=4, dim=64, latent=8, depth=2, heads=4, atlas=64,
                  enc=(16, 32), dec=(64, 48, 32, 16), batch=4),
-    "s": dict(image=(128, 128), views=6, dim=256, latent=16, depth=4, heads=4, atlas=128,
+    "s": dict(image=(128, 96), views=6, dim=256, latent=16, depth=4, heads=4, atlas=128,
               enc=(32, 64, 128), dec=(256, 128, 64, 32), batch=8),
     "m": dict(image=(256, 192), views=8, dim=384, latent=32, depth=6, heads=6, atlas=256,
               enc=(64, 128, 256, 384), dec=(384, 192, 96, 48), batch=16),

@@ -8,7 +8,7 @@ import pathlib
 import numpy as np
 
 ICT = pathlib.Path(os.environ.get("HEADSUP_ICT_PATH") or
-                   pathlib.Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ict_facekit" / "ict_facekit.npz")
+                   pathlib.Path(__file__).resolve().parents[1] / ".." / "shared/data/ict_facekit/ict_facekit.npz")
 ICT_SKIP_REASON = f"ICT-FaceKit archive not found at {ICT} (set HEADSUP_ICT_PATH)"
 
 

@@ -140,7 +140,8 @@ def test_texel_barycentrics_and_points(which, request):
     n /= np.linalg.norm(n, axis=1, keepdims=True)
     assert np.abs(np.einsum("gc,gc->g", p - corners[:, 0], n)).max() < 1e-6
     e1, e2, d = corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0], p - corners[:, 0]
-    gram = np.stack([np.stack([(e1 * e1).sum(1), (e1 * e2).sum(1)], -1), np.stack([(e1 * e2).sum(1), (e2 * e2).sum(1)], -1)], -2)
+    dot = lambda a, b: np.einsum("gc,gc->g", a, b)  # noqa: E731
+    gram = np.stack([np.stack([dot(e1, e1), dot(e1, e2)], -1), np.stack([dot(e1, e2), dot(e2, e2)], -1)], -2)
     w = np.linalg.solve(gram, np.stack([(d * e1).sum(1), (d * e2).sum(1)], -1)[..., None])[..., 0]
     assert w.min() >= -1e-4 and (w.sum(1)).max() <= 1 + 1e-4
     # normals: unit length, and on the closed procedural head they point away from the centre

@@ -122,7 +122,8 @@ def flame_files(small, tmp_path, fmt):
         sys.modules.update({"chumpy": chumpy, "chumpy.ch": chumpy_ch})
         try:
             path = tmp_path / "generic_model.pkl"
-            path.write_bytes(pickle.dumps({**model, "shapedirs": Ch(shapedirs), "v_template": Ch(model["v_template"])}))
+            chumpy_model = {**model, "shapedirs": Ch(shapedirs), "v_template": Ch(model["v_template"])}
+            path.write_bytes(pickle.dumps(chumpy_model))
         finally:
             del sys.modules["chumpy"], sys.modules["chumpy.ch"]
     return path, shapedirs
@@ -159,7 +160,8 @@ def write_text(path, text):
 def test_malformed_obj_files_name_file_and_field(small, tmp_path):
     base = "v 0 0 0\nv 1 0 0\nv 0 1 0\nvt 0 0\nvt 1 0\nvt 0 1\n"
     cases = {
-        "bad_index.obj": (base + "f 1/1 2/2 900/3\n", "bad_index.obj:7: face references vertex 900 but the file has 3 vertexs"),
+        "bad_index.obj": (base + "f 1/1 2/2 900/3\n",
+                          "bad_index.obj:7: face references vertex 900 but the file has 3 vertices"),
         "nan.obj": (base.replace("v 1 0 0", "v 1 nan 0") + "f 1/1 2/2 3/3\n", "nan.obj:2: v: non-finite"),
         "text.obj": (base.replace("v 1 0 0", "v 1 x 0") + "f 1/1 2/2 3/3\n", "text.obj:2: v: not a number"),
         "mixed.obj": (base + "v 1 1 0\nf 1/1 2/2 3/3\nf 2 4 3\n", "mixed.obj:9: face lacks texture indices"),
@@ -199,7 +201,8 @@ def test_template_validation_names_field(small):
     cases = [
         ({"vertices": bad_v}, "vertices: 1 non-finite values \\(first at index \\[5, 1\\]\\)"),
         ({"faces": small.faces.astype(np.int64)}, "faces: dtype int64, expected int32"),
-        ({"faces": np.where(small.faces == 0, 10 ** 6, small.faces).astype(np.int32)}, "faces: face 0 references index"),
+        ({"faces": np.where(small.faces == 0, 10 ** 6, small.faces).astype(np.int32)},
+         "faces: face 0 references index"),
         ({"face_uvs": small.face_uvs[:-1]}, "face_uvs: shape \\[.*\\], expected \\[.*, 3\\]"),
         ({"expression_deltas": small.expression_deltas[:, :-1]}, "expression_deltas: shape"),
         ({"identity_deltas": small.identity_deltas.astype(np.float16)}, "identity_deltas: dtype float16"),

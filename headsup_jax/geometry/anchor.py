@@ -29,7 +29,8 @@ def matrix_to_quat(m: jax.Array) -> jax.Array:
     m10, m11, m12 = m[..., 1, 0], m[..., 1, 1], m[..., 1, 2]
     m20, m21, m22 = m[..., 2, 0], m[..., 2, 1], m[..., 2, 2]
     root = lambda x: 2 * jnp.sqrt(jnp.maximum(x, 1e-12))  # noqa: E731
-    s0, s1, s2, s3 = root(1 + m00 + m11 + m22), root(1 + m00 - m11 - m22), root(1 - m00 + m11 - m22), root(1 - m00 - m11 + m22)
+    s0, s1 = root(1 + m00 + m11 + m22), root(1 + m00 - m11 - m22)
+    s2, s3 = root(1 - m00 + m11 - m22), root(1 - m00 - m11 + m22)
     cands = jnp.stack([
         jnp.stack([s0 / 4, (m21 - m12) / s0, (m02 - m20) / s0, (m10 - m01) / s0], -1),
         jnp.stack([(m21 - m12) / s1, s1 / 4, (m01 + m10) / s1, (m02 + m20) / s1], -1),

@@ -116,7 +116,8 @@ def _compute(template: HeadTemplate, R: int, regions) -> dict:
     region = np.where(mask, face_region[np.maximum(local, 0)], -1).astype(np.int32)
     corners = template.faces[np.maximum(triangle, 0)]  # [R, R, 3]
     position = np.einsum("ijk,ijkc->ijc", bary, template.vertices[corners].astype(np.float64))
-    normal = np.einsum("ijk,ijkc->ijc", bary, vertex_normals(template.vertices.astype(np.float64), template.faces)[corners])
+    vn = vertex_normals(template.vertices.astype(np.float64), template.faces)  # [V, 3]
+    normal = np.einsum("ijk,ijkc->ijc", bary, vn[corners])
     normal /= np.maximum(np.linalg.norm(normal, axis=-1, keepdims=True), 1e-12)
     return dict(resolution=np.int64(R), region_names=np.asarray(names), faces=faces,
                 face_vertices=template.faces[faces], face_uvs=packed.astype(np.float32),

@@ -7,7 +7,8 @@ import pathlib
 def register(sub) -> None:
     preview = sub.add_parser("preview", help="atlas by region + renders of the anchored Gaussians, to one PNG")
     preview.add_argument("--template", default="procedural",
-                         help="procedural | ict | flame:MODEL[,UV_OBJ] | ICT .npz or folder | HEAD.obj[,BLENDSHAPE_DIR]")
+                         help="procedural | ict | flame:MODEL[,UV_OBJ] | ICT .npz or folder | "
+                              "HEAD.obj[,BLENDSHAPE_DIR]")
     preview.add_argument("--resolution", type=int, default=256, help="atlas resolution R (32 to 1024)")
     preview.add_argument("--image-size", type=int, default=256, help="size of each rendered view in pixels")
     preview.add_argument("--cache-dir", default=None, help="where to cache atlases (default: no cache)")

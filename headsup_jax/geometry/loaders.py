@@ -18,7 +18,7 @@ from headsup_jax.geometry.procedural import procedural_template
 from headsup_jax.geometry.template import HeadTemplate
 
 ICT_ENV = "HEADSUP_ICT_PATH"
-ICT_DEFAULT = pathlib.Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "ict_facekit" / "ict_facekit.npz"
+ICT_DEFAULT = pathlib.Path(__file__).resolve().parents[2] / ".." / "shared/data/ict_facekit/ict_facekit.npz"
 CM = 0.01
 # Vertex index ranges [first, last] of the parts of the ICT-FaceKit head (from its documentation).
 ICT_REGIONS = {
@@ -190,7 +190,8 @@ def load_flame(model_path, uv_obj=None, num_shape: int = 300) -> HeadTemplate:
     if uv.face_uvs is None:
         raise ValueError(f"{uv_obj}: faces have no texture coordinates")
     if uv.faces.shape != faces.shape or not np.array_equal(uv.faces, faces):
-        raise ValueError(f"{uv_obj}: f: its {len(uv.faces)} faces differ from {model_path.name}'s f ({len(faces)} faces)")
+        raise ValueError(f"{uv_obj}: f: its {len(uv.faces)} faces differ from {model_path.name}'s f "
+                         f"({len(faces)} faces)")
     expr = dirs[:, :, num_shape:]
     return HeadTemplate(
         vertices=v.astype(np.float32), faces=faces.astype(np.int32), uvs=uv.uvs.astype(np.float32),

@@ -25,8 +25,9 @@ def _index(token: str, count: int, path, lineno: int, what: str) -> int:
         raise ValueError(f"{path}:{lineno}: face: bad {what} index {token!r}") from None
     k = k - 1 if k > 0 else count + k  # OBJ is 1-based; negative indices count back from the end
     if not 0 <= k < count:
-        raise ValueError(f"{path}:{lineno}: face references {what} {token} but the file has {count} "
-                         f"{what}s so far")
+        plural = {"vertex": "vertices", "texture coordinate": "texture coordinates"}[what]
+        raise ValueError(f"{path}:{lineno}: face references {what} {token} but the file has {count} {plural} "
+                         "so far")
     return k
 
 
@@ -65,7 +66,7 @@ def read_obj(path, require_faces: bool = True) -> ObjMesh:
                     raise ValueError(f"{path}:{lineno}: face {'has' if this_uv else 'lacks'} texture indices "
                                      f"while earlier faces {'lack' if this_uv else 'have'} them")
                 vi = [_index(c[0], len(verts), path, lineno, "vertex") for c in corners]
-                ti = [_index(c[1], len(uvs), path, lineno, "texture coordinate") for c in corners] if this_uv else None
+                ti = [_index(c[1], len(uvs), path, lineno, "texture coordinate") for c in corners] if this_uv else []
                 for k in range(1, len(corners) - 1):
                     faces.append([vi[0], vi[k], vi[k + 1]])
                     fuvs.append([ti[0], ti[k], ti[k + 1]] if this_uv else [0, 0, 0])

@@ -2,10 +2,11 @@
 
 A chart is a set of triangles connected through shared UV indices and wound the same way in UV (so
 mirrored or folded pieces become charts of their own); triangles that still overlap another triangle
-of their chart (a fold within one winding) are detached into one-triangle charts. Each chart's UV bounding box is scaled so that
-all charts get the same texel density on the surface (rectangle area proportional to 3D area) and the
-rectangles are skyline-packed (bottom-left), with a gutter between them, into the unit square at the largest scale
-that fits. Charts are only scaled and translated, never rotated.
+of their chart (a fold within one winding) are detached into one-triangle charts. Each chart's UV
+bounding box is scaled so that all charts get the same texel density on the surface (rectangle area
+proportional to 3D area) and the rectangles are skyline-packed (bottom-left), with a gutter between
+them, into the unit square at the largest scale that fits. Charts are only scaled and translated,
+never rotated.
 """
 from __future__ import annotations
 
@@ -119,7 +120,8 @@ def pack_charts(tri_uv: np.ndarray, area3d: np.ndarray, chart: np.ndarray, gutte
     uv_area = np.bincount(chart, np.abs(signed_uv_area(tri_uv)), C)
     density = np.sqrt(np.bincount(chart, area3d, C) / np.maximum(uv_area, 1e-30))  # surface length per UV unit
     size = (hi - lo) * density[:, None]  # [C, 2] before the global scale
-    orders = [np.argsort(-key, kind="stable") for key in (size[:, 0] * size[:, 1], size[:, 1], size.max(1), size[:, 0])]
+    keys = (size[:, 0] * size[:, 1], size[:, 1], size.max(1), size[:, 0])
+    orders = [np.argsort(-key, kind="stable") for key in keys]
 
     def fits(k, order):
         w, h = k * size[:, 0] + gutter, k * size[:, 1] + gutter

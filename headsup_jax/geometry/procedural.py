@@ -36,7 +36,8 @@ def _radius(phi, y):
 
     h = np.sqrt(np.clip(1 - (y / TOP_Y) ** 2, 0, 1))  # skull: ellipsoid centred at the origin
     skull = ellipse(0.078 * h, 0.1 * h)
-    cap = np.sqrt(np.clip(1 - ((y - (BOTTOM_Y + 0.03)) / 0.03) ** 2, 0, 1)) * (y < BOTTOM_Y + 0.03) + (y >= BOTTOM_Y + 0.03)
+    cap_y = BOTTOM_Y + 0.03  # the neck closes with a round cap below this height
+    cap = np.where(y < cap_y, np.sqrt(np.clip(1 - ((y - cap_y) / 0.03) ** 2, 0, 1)), 1.0)
     neck = ellipse(0.052, 0.058) * cap * (1 - _smoothstep(-0.04, 0.06, y))
     r = (skull ** 8 + neck ** 8) ** 0.125
     bumps = (0.022 * _bump(phi, y, 0, -0.005, 0.11, 0.022) + 0.01 * _bump(phi, y, 0, 0.025, 0.07, 0.02)  # nose
@@ -100,7 +101,7 @@ def _expressions(v: np.ndarray) -> dict:
         "jawOpen": jaw[:, None] * np.array([0.0, -0.025, -0.008]),
         "jawLeft": jaw[:, None] * np.array([0.008, 0.0, 0.0]),
         "jawRight": jaw[:, None] * np.array([-0.008, 0.0, 0.0]),
-        "mouthPucker": g(0, MOUTH_Y, 0.2, 0.01) * (np.array([0.0, 0.0, 0.01]) - 0.3 * x[:, None] * np.array([1, 0, 0])),
+        "mouthPucker": g(0, MOUTH_Y, 0.2, 0.01) * (np.array([0.0, 0.0, 0.01]) - 0.3 * x[:, None] * np.eye(3)[0]),
         "cheekPuff": (g(0.5, -0.025, 0.22, 0.02) + g(-0.5, -0.025, 0.22, 0.02)) * 0.01 * radial,
         "browInnerUp": (g(0.12, 0.05, 0.08, 0.01) + g(-0.12, 0.05, 0.08, 0.01)) * np.array([0.0, 0.006, 0.001]),
     }

@@ -88,9 +88,10 @@ def validate(t: HeadTemplate) -> None:
         if F and (a.min() < 0 or a.max() >= count):
             bad = int(np.argwhere((a < 0) | (a >= count))[0, 0])
             _fail(n, field, f"face {bad} references index {a[bad].tolist()} but there are {count}")
-    if F and np.any((t.faces[:, 0] == t.faces[:, 1]) | (t.faces[:, 1] == t.faces[:, 2]) | (t.faces[:, 0] == t.faces[:, 2])):
-        bad = int(np.argwhere((t.faces[:, 0] == t.faces[:, 1]) | (t.faces[:, 1] == t.faces[:, 2])
-                              | (t.faces[:, 0] == t.faces[:, 2]))[0, 0])
+    f = t.faces
+    repeated = (f[:, 0] == f[:, 1]) | (f[:, 1] == f[:, 2]) | (f[:, 0] == f[:, 2])
+    if repeated.any():
+        bad = int(np.flatnonzero(repeated)[0])
         _fail(n, "faces", f"face {bad} repeats a vertex: {t.faces[bad].tolist()}")
     for region, idx in t.regions.items():
         idx = np.asarray(idx)

@@ -67,6 +67,17 @@ def test_batched_cameras_by_vmap():
         np.testing.assert_allclose(np.asarray(batched.alpha[i]), np.asarray(single.alpha), atol=TOL)
 
 
+def test_batched_scenes_by_vmap():
+    scenes = [random_scene(s, 300) for s in (11, 12)]
+    stacked = jax.tree.map(lambda *a: np.stack(a), *scenes)
+    cam = look_at((0.2, 0.3, 1.0), 48, 40, 40.0)
+    batched = jax.jit(jax.vmap(lambda g: rasterize(g, cam)))(stacked)
+    for i, g in enumerate(scenes):
+        rgb, alpha, _ = reference_render(g, cam)
+        np.testing.assert_allclose(np.asarray(batched.rgb[i]), rgb, atol=TOL)
+        np.testing.assert_allclose(np.asarray(batched.alpha[i]), alpha, atol=TOL)
+
+
 def test_overflow_is_counted_and_drops_the_farthest():
     """300 Gaussians in a single 16x16 tile with room for 128: 172 pairs are dropped, and the image is
     exactly that of the 128 nearest."""

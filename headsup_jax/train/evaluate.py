@@ -14,17 +14,23 @@ from headsup_jax.train.metrics import image_metrics
 from headsup_jax.train.objective import objective
 
 
+_COMPILED = {}  # id(experiment) -> jitted evaluation (one compilation per run, not per call)
+
+
+def _eval_fn(experiment):
+    if id(experiment) not in _COMPILED:
+        def run(state, batch):
+            model = nnx.merge(experiment.graphdef, state)[0]
+            _, (_, renders, target) = objective(model, batch, experiment.config)
+            return image_metrics(renders.rgb, target, batch["target_masks"]), renders.rgb, target
+
+        _COMPILED[id(experiment)] = (experiment, jax.jit(run))
+    return _COMPILED[id(experiment)][1]
+
+
 def evaluate_batch(experiment, state, batch: dict) -> dict:
     """Renders the target views of one batch -> {"metrics": name -> [B, M], "renders", "targets"}."""
-    config = experiment.config
-
-    @jax.jit
-    def run(state, batch):
-        model = nnx.merge(experiment.graphdef, state)[0]
-        _, (_, renders, target) = objective(model, batch, config)
-        return image_metrics(renders.rgb, target, batch["target_masks"]), renders.rgb, target
-
-    metrics, renders, targets = run(state, jax.tree.map(jnp.asarray, model_inputs(batch)))
+    metrics, renders, targets = _eval_fn(experiment)(state, jax.tree.map(jnp.asarray, model_inputs(batch)))
     return {"metrics": jax.tree.map(np.asarray, metrics), "renders": np.asarray(renders), "targets": np.asarray(targets)}
 
 

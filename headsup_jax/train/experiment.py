@@ -36,12 +36,22 @@ def build_model(config, cache_dir=None) -> tuple[HeadsUp, UVAtlas, object]:
 
 
 def build_experiment(config, workdir=None, devices=None) -> Experiment:
-    """Model and optimizer initialised from config.seed and laid out on the mesh of config.mesh."""
+    """Model and optimizer initialised from config.seed and laid out on the mesh of config.mesh.
+
+    The state is initialised inside one jitted function whose outputs carry the target shardings: each
+    device creates only its shards (no host copy of the whole model; one compilation instead of one
+    per initialiser). The values equal an eager initialisation's: the same keys, the same ops."""
     cache = pathlib.Path(workdir) / "atlas_cache" if workdir else None
-    model, atlas, vertices = build_model(config, cache)
-    optimizer = nnx.Optimizer(model, make_optimizer(config.optim, config.on_nonfinite == "skip"), wrt=nnx.Param)
+    template = load_template(template_spec(config))
+    atlas = build_atlas(template, config.atlas_resolution, cache_dir=cache)
+    tx = make_optimizer(config.optim, config.on_nonfinite == "skip")
+
+    def create():
+        model = HeadsUp(config, template.vertices, atlas, rngs=nnx.Rngs(config.seed))
+        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
     mesh = make_mesh(**config.mesh, devices=devices)
-    graphdef, state = nnx.split((model, optimizer))
-    shardings = state_shardings(state, mesh, config.sharding_rules)
-    state = jax.device_put(state, shardings)
-    return Experiment(config, vertices, atlas, mesh, graphdef, state, shardings)
+    graphdef, abstract = nnx.split(nnx.eval_shape(create))
+    shardings = state_shardings(abstract, mesh, config.sharding_rules)
+    state = jax.jit(lambda: nnx.split(create())[1], out_shardings=shardings)()
+    return Experiment(config, template.vertices, atlas, mesh, graphdef, state, shardings)

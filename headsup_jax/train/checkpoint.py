@@ -20,6 +20,7 @@ from headsup_jax.data.io import write_json_atomic
 class Checkpointer:
     def __init__(self, workdir, every: int, keep: int):
         self.root = pathlib.Path(workdir).absolute() / "checkpoints"
+        self.every = every
         self.manager = ocp.CheckpointManager(
             self.root, options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
                                                             enable_async_checkpointing=True))
@@ -34,11 +35,13 @@ class Checkpointer:
 
     def save(self, step: int, state: nnx.State, data_state: dict | None, force: bool = False) -> bool:
         """Starts saving `state` at `step` if the interval says so (or `force`); returns whether it did."""
-        if not (force or self.manager.should_save(step)):
+        # our own interval test: Orbax's should_save also says yes to a first step that is not on the
+        # interval (a 3-step run with every=1000 saved steps 1 and 3)
+        if not (force or (self.every > 0 and step % self.every == 0)) or step in self.manager.all_steps():
             return False
         if data_state is not None:
             write_json_atomic(self._data_file(step), data_state)
-        saved = self.manager.save(step, args=ocp.args.StandardSave(nnx.to_pure_dict(state)), force=force)
+        saved = self.manager.save(step, args=ocp.args.StandardSave(nnx.to_pure_dict(state)), force=True)
         self._prune_data_states()
         return saved
 

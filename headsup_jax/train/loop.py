@@ -36,8 +36,11 @@ def save_config(config, workdir: pathlib.Path) -> None:
         write_bytes_atomic(path, text.encode())
 
 
-def train(config, workdir, devices=None, progress: bool = True) -> dict:
-    """Trains to config.optim.total_steps (resuming from the newest checkpoint) -> last metrics."""
+def train(config, workdir, devices=None, progress: bool = True, stop_at: int | None = None) -> dict:
+    """Trains to config.optim.total_steps (resuming from the newest checkpoint) -> last metrics.
+
+    `stop_at`: end this call after that step (checkpointed), e.g. a time-boxed job of a longer run; the
+    learning-rate schedule still follows total_steps, so a resumed run continues as if never stopped."""
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     save_config(config, workdir)
@@ -54,8 +57,9 @@ def train(config, workdir, devices=None, progress: bool = True) -> dict:
     writer = _writer(workdir)
     lr = learning_rate(config.optim)
     total = config.optim.total_steps
-    metrics, skipped, t0 = {}, 0, time.perf_counter()
-    bar = tqdm(range(start, total), initial=start, total=total, disable=not progress or jax.process_index() != 0,
+    end = total if stop_at is None else min(stop_at, total)
+    metrics, skipped, t0, last_log = {}, 0, time.perf_counter(), start
+    bar = tqdm(range(start, end), initial=start, total=total, disable=not progress or jax.process_index() != 0,
                desc="train", dynamic_ncols=True)
     for step in bar:
         batch = global_batch(model_inputs(next(data)), experiment.mesh)
@@ -67,18 +71,18 @@ def train(config, workdir, devices=None, progress: bool = True) -> dict:
                                     f"last good checkpoint: {ckpt.latest_step}")
             skipped += 1  # optax.apply_if_finite has dropped the update
         done = step + 1
-        if done % config.log.every == 0 or done == total:
+        if done % config.log.every == 0 or done == end:
             dt = time.perf_counter() - t0
             scalars = {k: float(v) for k, v in metrics.items()}
-            scalars.update(lr=float(lr(done)), step_time=dt / config.log.every,
-                           examples_per_s=config.data.batch_size * config.log.every / dt, skipped_updates=skipped,
+            scalars.update(lr=float(lr(done)), step_time=dt / (done - last_log),
+                           examples_per_s=config.data.batch_size * (done - last_log) / dt, skipped_updates=skipped,
                            gaussians=experiment.atlas.count, bad_records=data.metrics["skipped"])
             _log_scalars(writer, done, scalars)
             bar.set_postfix(loss=f"{loss:.4f}", psnr_hint=f"{-10 * np.log10(max(scalars['loss/l1'], 1e-8)):.1f}")
-            t0 = time.perf_counter()
-        if writer and (done % config.log.images_every == 0 or done == total):
+            t0, last_log = time.perf_counter(), done
+        if writer and config.log.images_every > 0 and (done % config.log.images_every == 0 or done == end):
             _log_images(writer, done, experiment, state, config, workdir)
-        ckpt.save(done, state, data.get_state(), force=done == total)
+        ckpt.save(done, state, data.get_state(), force=done == end)
     ckpt.close()
     if writer:
         writer.close()

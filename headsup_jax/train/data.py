@@ -20,28 +20,42 @@ def template_spec(config) -> str:
 MODEL_KEYS = ("inputs", "input_cameras", "targets", "target_cameras", "target_masks")
 
 
-def dataset_dir(config, workdir) -> pathlib.Path:
-    """The TFDS dataset folder of `config.data.source`; synthetic data is generated and built once."""
+def dataset_dir(config, workdir, sync: bool = False) -> pathlib.Path:
+    """The TFDS dataset folder of `config.data.source`; synthetic data is generated and built once.
+
+    `sync` (every process calls it, e.g. for the train iterator): process 0 generates the data while the
+    others wait at a barrier; a process that still finds no data (a workdir on a host-local disk) then
+    builds its own copy, which is identical (generated from config.seed)."""
     d = config.data
     if d.source != "synthetic":
         return pathlib.Path(d.source)
+    root = pathlib.Path(workdir) / "data"
+    done = root / "BUILT"
+    if jax.process_index() == 0 and not done.exists():
+        _generate(config, root)
+    if sync and jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("headsup_jax synthetic data")
+        if not done.exists():
+            _generate(config, root)
+    if not done.exists():
+        raise RuntimeError(f"process {jax.process_index()}: generate the synthetic data first "
+                           f"(process 0 writes {done}; run it alone once, or point data.source at a dataset)")
+    return pathlib.Path(done.read_text())
+
+
+def _generate(config, root: pathlib.Path) -> None:
     from headsup_jax.data.synth import SynthConfig, generate
     from headsup_jax.data.tfds_builder import build_dataset
 
-    root = pathlib.Path(workdir) / "data"
-    done = root / "BUILT"
-    if not done.exists():
-        if jax.process_index() == 0:
-            height = max(d.image_size[0], 64)
-            generate(root / "captures", d.synthetic_subjects,
-                     SynthConfig(rig=d.rig, resolution=height, seed=config.seed, template=template_spec(config)),
-                     workers=max(d.workers, 1))
-            path = build_dataset(root / "captures", root / "tfds", split_seed=config.seed)
-            done.write_text(str(path))
-        else:
-            raise RuntimeError(f"process {jax.process_index()}: generate the synthetic data first "
-                               f"(process 0 writes {done}; run it alone once, or point data.source at a dataset)")
-    return pathlib.Path(done.read_text())
+    d = config.data
+    height = max(d.image_size[0], 64)
+    generate(root / "captures", d.synthetic_subjects,
+             SynthConfig(rig=d.rig, resolution=height, seed=config.seed, template=template_spec(config)),
+             workers=max(d.workers, 1))
+    path = build_dataset(root / "captures", root / "tfds", split_seed=config.seed)
+    (root / "BUILT").write_text(str(path))
 
 
 def view_spec(config, num_targets: int | None = None) -> ViewSpec:
@@ -59,7 +73,7 @@ def train_iterator(config, workdir, seed: int | None = None):
         raise ValueError(f"data.batch_size {d.batch_size} is not divisible by {jax.process_count()} processes")
     pipeline = PipelineConfig(batch_size=d.batch_size // jax.process_count(), views=view_spec(config),
                               worker_count=d.workers, fail_fast=not d.skip_bad_records)
-    source = load_source(dataset_dir(config, workdir), "train")
+    source = load_source(dataset_dir(config, workdir, sync=True), "train")
     return make_pipeline(source, pipeline, seed=config.seed if seed is None else seed)
 
 

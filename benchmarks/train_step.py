@@ -264,7 +264,7 @@ def views_table(size: str, views, batch: int | None, runs: int) -> dict:
         results[n] = r
         log(f"  N={n}: {r['ms']:.1f} ms/step, memory {mib(r['memory']['total'])} MiB (temp "
             f"{mib(r['memory']['temp'])}), compile {r['compile_s']:.0f} s, dropped pairs {r['dropped_pairs']}")
-    lines = [f"| {size} N | step ms (median of {runs}) | x N=2 | memory MiB (temp+arg+out-alias) | temp MiB |",
+    lines = [f"| {size} N | step ms (median of {runs}) | x N={views[0]} | memory MiB (temp+arg+out-alias) | temp MiB |",
              "|---:|---:|---:|---:|---:|"]
     base = results[views[0]]["ms"]
     for n, r in results.items():

@@ -1,12 +1,15 @@
-"""Subprocess helper of the distributed training tests (tests/test_train_distributed.py).
+"""Subprocess helper of the training infrastructure tests (test_train_distributed.py, test_train_resume.py).
 
-    python tests/train_worker.py step OUT.npz --mesh DATA,FSDP,TENSOR
-        one train step of the tiny config on a synthetic batch of 8; saves loss and updated parameters
-        (and the PartitionSpecs of the parameters) to OUT.npz. Set XLA_FLAGS for fake devices first.
+    python tests/train_worker.py steps OUT.npz --mesh DATA,FSDP,TENSOR --steps K
+        K train steps of the shrunk tiny config on the synthetic batches of seeds 0..K-1 (batch 8); saves
+        each step's loss and parameters and the parameters' PartitionSpecs. XLA_FLAGS sets fake devices.
     python tests/train_worker.py multihost OUT.npz --coordinator HOST:PORT --num_processes N --process_id I
-        N processes (CPU collectives: gloo) train 3 steps on the global synthetic batch, each feeding its
-        slice of it, and write one checkpoint; process 0 saves losses and parameters to OUT.npz.
-        With --num_processes 1 and no coordinator: the single-process reference.
+        N processes (CPU collectives: gloo) train 3 steps on the same global batches, each feeding its
+        slice, and write one checkpoint; process 0 saves losses and (gathered) parameters to OUT.npz.
+    python tests/train_worker.py loop OUT.npz --workdir DIR [--stop_at S]
+        headsup_jax.train.loop.train on synthetic data; logs the batches the loop consumed and saves the
+        parameters of the newest checkpoint restored into a new experiment.
+Use run_worker() (it sets XLA_FLAGS and a shared persistent compilation cache).
 """
 from __future__ import annotations
 

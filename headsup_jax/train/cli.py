@@ -27,6 +27,8 @@ def _init_distributed() -> None:
     import jax
 
     if FLAGS.coordinator:
+        # CPU collectives between local processes (no effect on accelerators; set before any backend starts)
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
     elif _on_cluster():
         jax.distributed.initialize()

@@ -78,7 +78,7 @@ def train(config, workdir, devices=None, progress: bool = True, stop_at: int | N
                            examples_per_s=config.data.batch_size * (done - last_log) / dt, skipped_updates=skipped,
                            gaussians=experiment.atlas.count, bad_records=data.metrics["skipped"])
             _log_scalars(writer, done, scalars)
-            bar.set_postfix(loss=f"{loss:.4f}", psnr_hint=f"{-10 * np.log10(max(scalars['loss/l1'], 1e-8)):.1f}")
+            bar.set_postfix(loss=f"{loss:.4f}", l1=f"{scalars['loss/l1']:.4f}")
             t0, last_log = time.perf_counter(), done
         if writer and config.log.images_every > 0 and (done % config.log.images_every == 0 or done == end):
             _log_images(writer, done, experiment, state, config, workdir)

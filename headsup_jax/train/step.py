@@ -18,7 +18,7 @@ def make_train_step(experiment):
         grad_fn = nnx.value_and_grad(lambda m: objective(m, batch, config), has_aux=True)
         (loss, (terms, renders, _)), grads = grad_fn(model)
         optimizer.update(model, grads)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **{f"loss/{k}": v for k, v in terms.items()},
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **{f"loss/{k}": v for k, v in terms.items()},
                    "mean_alpha": renders.alpha.mean(), "dropped_pairs": renders.stats["dropped_pairs"].sum()}
         return nnx.state((model, optimizer)), metrics
 

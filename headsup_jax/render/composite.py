@@ -58,6 +58,18 @@ def gaussian_alpha(attrs, px, py, rules: CompositingRules):
     return alpha, falloff, dx, dy
 
 
+def step_back(alpha, trans, tail, v):
+    """Walks one list entry backwards.
+
+    alpha: the entry's alpha (0 where it was skipped or past the pixel's stop); trans: transmittance
+    after it; tail: cotangent-weighted sum of everything behind it; v: cotangent-weighted value (colour,
+    depth) of the entry. -> (transmittance before it, its weight w, d loss / d alpha)."""
+    one_minus = 1.0 - alpha
+    before = trans / one_minus
+    d_alpha = jnp.where(alpha > 0, before * v - tail / one_minus, 0.0)
+    return before, alpha * before, d_alpha
+
+
 def alpha_grads(d_alpha, alpha, falloff, dx, dy, attrs, rules: CompositingRules):
     """Chain rule from d alpha to (mean_x, mean_y, conic_a, conic_b, conic_c, opacity).
 
@@ -180,11 +192,8 @@ def _backward_tiles(counts, attrs, centers, out, last, d_out, *, rules: Composit
         e = _entry(attrs, k)
         alpha, falloff, dx, dy = gaussian_alpha(e, px, py, rules)
         alpha = jnp.where(k < last, alpha, 0.0)
-        one_minus = 1.0 - alpha
-        before = trans / one_minus
-        w = alpha * before
         v = jnp.sum(d_values * jnp.stack(e[6:10], 1), 1)  # [T, PIX]
-        d_alpha = jnp.where(alpha > 0, before * v - tail / one_minus, 0.0)
+        before, w, d_alpha = step_back(alpha, trans, tail, v)
         d_geom = alpha_grads(d_alpha, alpha, falloff, dx, dy, e, rules)
         column = jnp.concatenate([jnp.stack([jnp.sum(g, -1) for g in d_geom], 1),
                                   jnp.sum(d_values * w[:, None, :], -1)], 1)  # [T, A]

@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from headsup_jax.render.composite import NUM_ATTRS, NUM_OUT, CompositingRules, alpha_grads, gaussian_alpha
+from headsup_jax.render.composite import (NUM_ATTRS, NUM_OUT, CompositingRules, alpha_grads, gaussian_alpha,
+                                          step_back)
 from headsup_jax.render.tiles import TileGrid
 
 LANES = 128
@@ -107,11 +108,8 @@ def _backward_kernel(attrs_ref, out_ref, last_ref, d_out_ref, grad_ref, *, grid:
         e = _entry(attrs_ref, k)
         alpha, falloff, dx, dy = gaussian_alpha(e, px, py, rules)
         alpha = jnp.where(k < last, alpha, 0.0)
-        one_minus = 1.0 - alpha
-        before = trans / one_minus
-        w = alpha * before
         v = g_r * e[6] + g_g * e[7] + g_b * e[8] + g_d * e[9]
-        d_alpha = jnp.where(alpha > 0.0, before * v - tail / one_minus, 0.0)
+        before, w, d_alpha = step_back(alpha, trans, tail, v)
         d_geom = alpha_grads(d_alpha, alpha, falloff, dx, dy, e, rules)
         grads = d_geom + (g_r * w, g_g * w, g_b * w, g_d * w)
         at = lane == LANES - 1 - j

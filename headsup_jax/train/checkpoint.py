@@ -53,10 +53,10 @@ class Checkpointer:
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
                               nnx.to_pure_dict(abstract_state))
         pure = self.manager.restore(step, args=ocp.args.StandardRestore(target))
-        state = nnx.replace_by_pure_dict(abstract_state, pure) or abstract_state
+        nnx.replace_by_pure_dict(abstract_state, pure)  # fills abstract_state in place
         data_file = self._data_file(step)
         data_state = json.loads(data_file.read_text()) if data_file.exists() else None
-        return step, state, data_state
+        return step, abstract_state, data_state
 
     def _prune_data_states(self) -> None:
         folder = self.root.parent / "data_state"

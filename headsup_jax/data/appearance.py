@@ -12,6 +12,7 @@ import dataclasses
 import numpy as np
 import scipy.ndimage
 
+from headsup_jax.geometry.features import anchor_points, feature_anchors
 from headsup_jax.geometry.uv_raster import rasterize_uv
 
 SKIN_LIGHT, SKIN_DARK = np.array([0.80, 0.55, 0.45]), np.array([0.10, 0.05, 0.03])
@@ -31,35 +32,6 @@ class TexelBasis:
     mouth: np.ndarray  # [3] centre
     mouth_half_width: float
     axis: np.ndarray  # [2] (x, z) of the vertical head axis
-
-
-def feature_anchors(template) -> dict:
-    """Face reference points as vertex indices (the point is their mean), so they follow any deformation:
-    eye_left (+x), eye_right, mouth, mouth_left, mouth_right. From the 68 landmarks, or the procedural
-    head's known feature positions."""
-    v = np.asarray(template.vertices, np.float64)
-    lm = None if template.landmarks is None else np.asarray(template.landmarks)
-    if lm is not None and len(lm) == 68:
-        a, b = lm[36:42], lm[42:48]
-        left, right = (a, b) if v[a, 0].mean() > v[b, 0].mean() else (b, a)
-        corners = (lm[54:55], lm[48:49]) if v[lm[54], 0] > v[lm[48], 0] else (lm[48:49], lm[54:55])
-        return {"eye_left": left, "eye_right": right, "mouth": lm[48:68], "mouth_left": corners[0],
-                "mouth_right": corners[1]}
-    if template.name == "procedural":
-        from headsup_jax.geometry.procedural import EYE_PHI, EYE_Y, MOUTH_CORNER, MOUTH_Y
-
-        phi, y = np.arctan2(v[:, 0], v[:, 2]), v[:, 1]
-        nearest = lambda p, h: np.array([np.argmin(np.angle(np.exp(1j * (phi - p))) ** 2 + ((y - h) / 0.1) ** 2)])
-        return {"eye_left": nearest(EYE_PHI, EYE_Y), "eye_right": nearest(-EYE_PHI, EYE_Y),
-                "mouth": nearest(0.0, MOUTH_Y), "mouth_left": nearest(MOUTH_CORNER, MOUTH_Y),
-                "mouth_right": nearest(-MOUTH_CORNER, MOUTH_Y)}
-    raise ValueError(f"template {template.name!r}: appearance needs 68 landmarks to place the eyes and mouth")
-
-
-def anchor_points(anchors: dict, vertices) -> dict:
-    """name -> 3D point of each anchor on (possibly deformed) vertices [V, 3]."""
-    v = np.asarray(vertices, np.float64)
-    return {name: v[idx].mean(0) for name, idx in anchors.items()}
 
 
 def _layout(template, resolution: int):

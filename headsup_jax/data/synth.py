@@ -16,7 +16,8 @@ import pathlib
 import numpy as np
 from tqdm import tqdm
 
-from headsup_jax.data.appearance import anchor_points, feature_anchors, paint, texel_basis
+from headsup_jax.data.appearance import paint, texel_basis
+from headsup_jax.geometry.features import anchor_points, feature_anchors
 from headsup_jax.data.blendshapes import ARKIT_BLENDSHAPES
 from headsup_jax.data.capture import CameraSpec, write_capture
 from headsup_jax.data.io import encode_png, write_json_atomic

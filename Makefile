@@ -12,7 +12,7 @@ $(STAMP): setup.py constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
-DEMO_STEPS ?= 300
+DEMO_STEPS ?= 200
 
 # Trains the tiny config on built-in synthetic subjects (ICT-FaceKit head when ../shared has it), then
 # evaluates held-out identities: outputs/demo/eval_test.{json,png}, TensorBoard logs in outputs/demo.

@@ -5,8 +5,6 @@ FLOPs come from the lowered (unoptimised) HLO of the model's forward for one exa
 number of input views and image size; the renderer is excluded (it depends on the views rendered).
 """
 import argparse
-import importlib.util
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -14,14 +12,12 @@ from flax import nnx
 
 from headsup_jax.train.experiment import build_model
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def get_config(size):
-    spec = importlib.util.spec_from_file_location("headsup_config", ROOT / "configs" / "headsup.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(size)
+    from headsup_jax.train.config import size_config
+
+    return size_config(size)
 
 
 def measure(size: str) -> dict:

@@ -3,8 +3,8 @@ and the xl config's per-device memory with FSDP on 8 devices plus projected acce
 
     .venv/bin/python benchmarks/train_step.py [--quick] [--skip-xl] [--runs 5]
 
-Everything runs the real train step of `headsup_jax.train.step.make_train_step` (its `step` body, jitted with
-the same shardings and donation) on synthetic batches: random images in [0, 1], cameras on an orbit
+Everything runs the real train step, `headsup_jax.train.step.TrainStep` (lowered and compiled ahead of time
+with its shardings and donation), on synthetic batches: random images in [0, 1], cameras on an orbit
 (`headsup_jax.render.cameras.orbit`), random masks. The model is freshly initialised (its zero-initialised
 head puts mid-grey Gaussians on the template surface), so the renderer's work is that of the first steps.
 Times: median wall time of `--runs` calls after one warm-up, compilation excluded (AOT-compiled), on a shared
@@ -13,17 +13,15 @@ CPU. Memory: temp + argument + output - alias bytes of the compiled program (`me
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import ast
 import json
 import os
-import pathlib
 import statistics
 import subprocess
 import sys
 import time
 import types
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 XL_DEVICES = 8
 PAPER_BATCH = 64  # stage 1 of the paper
 PEAK_TFLOPS = {"TPU v5p (459 TFLOP/s bf16)": 459.0, "H100 SXM (989 TFLOP/s dense bf16)": 989.0}
@@ -40,10 +38,9 @@ def log(msg: str = "") -> None:
 
 
 def get_config(size: str):
-    spec = importlib.util.spec_from_file_location("headsup_config", ROOT / "configs" / "headsup.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(size)
+    from headsup_jax.train.config import size_config
+
+    config = size_config(size)
     config.template = "procedural"  # always available; G follows the atlas
     return config
 
@@ -61,28 +58,6 @@ def mib(x: float) -> str:
 
 # ----------------------------------------------------------------------------------------------------
 # The real train step.
-
-
-def step_body(experiment):
-    """The `step(state, batch)` function that `make_train_step` jits, taken from its closure, so that this
-    benchmark measures the code that trains (make_train_step only exposes a lazily jitted wrapper)."""
-    from headsup_jax.train.step import make_train_step
-
-    run = make_train_step(experiment)
-    cells = dict(zip(run.__code__.co_freevars, (c.cell_contents for c in run.__closure__ or ())))
-    if not callable(cells.get("step")):
-        raise RuntimeError("make_train_step changed: no `step` in the closure of its returned function")
-    return cells["step"]
-
-
-def jit_step(experiment, batch):
-    import jax
-
-    from headsup_jax.train.sharding import batch_sharding
-
-    batch_shardings = jax.tree.map(lambda x: batch_sharding(experiment.mesh, len(x.shape)), batch)
-    return jax.jit(step_body(experiment), in_shardings=(experiment.shardings, batch_shardings),
-                   out_shardings=(experiment.shardings, None), donate_argnums=0)
 
 
 def make_batch(config, views: int, image: tuple[int, int], batch: int, seed: int = 0) -> dict:
@@ -126,17 +101,18 @@ def time_step(experiment, batch_np, runs: int) -> dict:
     import jax.numpy as jnp
 
     from headsup_jax.train.sharding import global_batch
+    from headsup_jax.train.step import TrainStep
 
     batch = global_batch(batch_np, experiment.mesh)
-    jitted = jit_step(experiment, batch)
+    step = TrainStep(experiment)
     t0 = time.perf_counter()
-    compiled = jitted.lower(experiment.state, batch).compile()
+    compiled = step.lower(experiment.state, batch).compile()
     compile_s = time.perf_counter() - t0
     holder = [jax.tree.map(jnp.copy, experiment.state)]
     metrics = {}
 
     def call(state, b):
-        new_state, m = compiled(state, b)
+        new_state, m = compiled(state, b, step.supervision_state)
         holder[0] = new_state
         metrics.update(m)
         return new_state
@@ -184,10 +160,10 @@ def stage_times(experiment, batch_np, runs: int) -> dict:
     gd, p, rest = nnx.split(model.encoder, nnx.Param, ...)
     out["encoder"], tokens = run(lambda p, imgs, K, w: nnx.merge(gd, p, rest)(imgs, K, w), p,
                                  b["inputs"], cams["K"], cams["world_to_cam"])
-    log(f"    encoder {out['encoder']:.1f} ms (tokens {tuple(tokens.shape)})")
+    log(f"    encoder {out['encoder']:.1f} ms (tokens {tuple(tokens[0].shape)})")
     # compressor: parameters and tokens
     gd, p, rest = nnx.split(model.compressor, nnx.Param, ...)
-    out["compressor"], z = run(lambda d: nnx.merge(gd, d[0], rest)(d[1]), (p, tokens))
+    out["compressor"], z = run(lambda d: nnx.merge(gd, d[0], rest)(*d[1]), (p, tokens))  # tokens and their rays
     log(f"    compressor {out['compressor']:.1f} ms")
     # decoder + anchoring: decoder parameters and the latent
     gd, p, rest = nnx.split(model, nnx.All(nnx.Param, nnx.PathContains("decoder")), ...)
@@ -339,10 +315,13 @@ def xl_worker(args) -> None:
     from headsup_jax.render import Camera, rasterize
     from headsup_jax.render.cameras import orbit
     from headsup_jax.train.optim import make_optimizer
+    from headsup_jax.train.experiment import build_supervision
     from headsup_jax.train.sharding import batch_sharding, make_mesh, state_shardings
+    from headsup_jax.train.step import TrainStep
 
     result = {"devices": len(jax.devices())}
     config = get_config("xl")
+    config.update_from_flattened_dict({k: ast.literal_eval(v) for k, v in (kv.split("=", 1) for kv in args.xl_set)})
     data, fsdp = (int(v) for v in args.xl_mesh.split("x"))
     config.mesh = dict(data=data, fsdp=fsdp, tensor=1)
     config.data.batch_size = args.xl_batch
@@ -370,11 +349,11 @@ def xl_worker(args) -> None:
     shapes.update(input_cameras=cams(N), target_cameras=cams(M))
     abstract_batch = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s[0], s[1], sharding=batch_sharding(mesh, len(s[0]))),
                                   shapes, is_leaf=lambda x: isinstance(x, tuple) and isinstance(x[0], tuple))
-    experiment = types.SimpleNamespace(config=config, graphdef=graphdef, mesh=mesh, shardings=shardings)
-    jitted = jax.jit(step_body(experiment), in_shardings=(shardings, jax.tree.map(lambda a: a.sharding, abstract_batch)),
-                     out_shardings=(shardings, None), donate_argnums=0)
+    supervision = build_supervision(config, template, atlas)
+    experiment = types.SimpleNamespace(config=config, graphdef=graphdef, mesh=mesh, shardings=shardings,
+                                       supervision=supervision)
     t0 = time.perf_counter()
-    lowered = jitted.lower(abstract_state, abstract_batch)
+    lowered = TrainStep(experiment).lower(abstract_state, abstract_batch)
     result["lower_s"] = time.perf_counter() - t0
     print("XLPROGRESS lowered in %.0f s" % result["lower_s"], flush=True)
     t0 = time.perf_counter()
@@ -400,9 +379,9 @@ def xl_worker(args) -> None:
     abs1 = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abs1, sh1)
     batch1 = jax.tree.map(lambda s: jax.ShapeDtypeStruct((1,) + s[0][1:], s[1], sharding=batch_sharding(mesh1, len(s[0]))),
                           shapes, is_leaf=lambda x: isinstance(x, tuple) and isinstance(x[0], tuple))
-    exp1 = types.SimpleNamespace(config=flat, graphdef=gd1, mesh=mesh1, shardings=sh1)
+    exp1 = types.SimpleNamespace(config=flat, graphdef=gd1, mesh=mesh1, shardings=sh1, supervision=supervision)
     t0 = time.perf_counter()
-    low1 = jax.jit(step_body(exp1)).lower(abs1, batch1)
+    low1 = TrainStep(exp1).lower(abs1, batch1)
     cost1 = low1.cost_analysis()
     cost1 = cost1[0] if isinstance(cost1, (list, tuple)) else cost1
     result["model_flops_per_example"] = float(cost1["flops"])
@@ -415,8 +394,9 @@ def xl_worker(args) -> None:
                                   offset_scale=config.model.offset_scale)
     uv = jnp.zeros((1, atlas.resolution, atlas.resolution, 23), jnp.float32)
     gaussians = jax.tree.map(lambda x: x[0], HeadsUp.head_gaussians(self_, uv)[0])
+    capacity = dict(tile_capacity=config.render.tile_capacity or None, max_pairs=config.render.max_pairs or None)
     stats_fn = jax.jit(lambda g, K, w2c: rasterize(g, Camera(world_to_cam=w2c, K=K, width=W, height=H),
-                                                   backend="xla").stats)
+                                                   backend="xla", **capacity).stats)
     pairs, dropped = [], []
     for cam in orbit(M, 0.7, W, H, 30.0, elevation_degrees=-5.0):
         s = stats_fn(gaussians, jnp.asarray(cam.K), jnp.asarray(cam.world_to_cam))
@@ -428,7 +408,8 @@ def xl_worker(args) -> None:
 
 def xl_section(args) -> str:
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={XL_DEVICES}")
-    cmd = [sys.executable, __file__, "--xl-worker", "--xl-batch", str(args.xl_batch), "--xl-mesh", args.xl_mesh]
+    cmd = [sys.executable, __file__, "--xl-worker", "--xl-batch", str(args.xl_batch), "--xl-mesh", args.xl_mesh,
+           *[f"--xl-set={kv}" for kv in args.xl_set]]
     log(f"\n## xl on {XL_DEVICES} fake CPU devices, mesh data x fsdp = {args.xl_mesh}, batch {args.xl_batch} "
         f"(subprocess: {' '.join(cmd[1:])})")
     t0 = time.perf_counter()
@@ -464,7 +445,7 @@ def xl_section(args) -> str:
         f"| compiled FLOPs per device (cost_analysis; loop bodies counted once) | "
         f"{r['compiled_flops_per_device'] / 1e12:.2f} TFLOP |",
         f"| model FLOPs per example (fwd+bwd+update, unrolled, no remat, lowered HLO) | {model_fl / 1e12:.2f} TFLOP |",
-        f"| renderer pairs per example ({r['M']} views; dropped at default capacities) | {pairs:,} "
+        f"| renderer pairs per example ({r['M']} views; dropped at config.render capacities) | {pairs:,} "
         f"({sum(r['render_dropped']):,}) |",
         f"| renderer FLOPs per example (pairs x 256 px x {PAIR_FLOPS_FWD + PAIR_FLOPS_BWD}) | "
         f"{render_fl / 1e12:.2f} TFLOP |",
@@ -498,6 +479,8 @@ def main() -> None:
                         help="persistent XLA compilation cache ('' to disable)")
     parser.add_argument("--xl-batch", type=int, default=XL_DEVICES, help="global batch of the compiled xl step")
     parser.add_argument("--xl-mesh", default="1x8", help="data x fsdp of the xl mesh (tensor = 1)")
+    parser.add_argument("--xl-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override an xl config value, e.g. render.tile_capacity=2048 (repeatable)")
     parser.add_argument("--xl-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.xl_worker:

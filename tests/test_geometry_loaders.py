@@ -8,7 +8,7 @@ import pytest
 
 from geometry_reference import ICT, ICT_SKIP_REASON
 from headsup_jax.geometry import HeadTemplate, load_template
-from headsup_jax.geometry.loaders import load_obj_template, save_obj_template
+from headsup_jax.geometry.loaders import save_obj_template
 from headsup_jax.geometry.obj import read_obj, write_obj
 from headsup_jax.geometry.procedural import procedural_template
 

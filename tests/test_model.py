@@ -1,6 +1,4 @@
 """The HeadsUp model: camera conditioning, shapes, and that Gaussians and decoder cost do not depend on N."""
-import importlib.util
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -8,18 +6,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from headsup_jax.model.rays import plucker_rays
+from headsup_jax.model.rays import plucker_rays, ray_distance2
 from headsup_jax.render.cameras import look_at, orbit
+from headsup_jax.train.config import size_config
 from headsup_jax.train.experiment import build_model
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def get_config(size="tiny"):
-    spec = importlib.util.spec_from_file_location("headsup_config", ROOT / "configs" / "headsup.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(size)
+    config = size_config(size)
     config.template = "procedural"
     return config
 
@@ -55,6 +50,22 @@ def test_plucker_rays_pass_through_projected_points():
         np.testing.assert_allclose(m, np.cross(origin, d), atol=1e-5)  # moment of a ray through the centre
         dist = np.linalg.norm(np.cross(p - origin, d))  # distance of the point from the ray
         assert dist < 1.5 * np.linalg.norm(p - origin) / cam.K[0, 0]
+
+
+def test_ray_distance_matches_float64_point_line_distance():
+    """The cross-attention bias's squared distances: queries' points [L, 3] to token rays [B, T, 6]."""
+    cams = orbit(3, 0.6, 24, 32, 30.0)
+    rays = np.stack([np.asarray(plucker_rays(jnp.asarray(c.K), jnp.asarray(c.world_to_cam), 32, 24)) for c in cams])
+    rays = rays.reshape(1, -1, 6)  # [1, 3*32*24, 6]
+    points = np.random.default_rng(1).uniform(-0.15, 0.15, (40, 3))
+    got = np.asarray(ray_distance2(jnp.asarray(points, jnp.float32), jnp.asarray(rays)))[0]  # [L, T]
+    origins = np.concatenate([np.broadcast_to(-c.world_to_cam[:3, :3].T @ c.world_to_cam[:3, 3], (32 * 24, 3))
+                              for c in cams])  # [T, 3]
+    d = rays[0, :, :3].astype(np.float64)
+    rel = points[:, None, :] - origins[None]  # [L, T, 3]
+    expected = np.sum(np.cross(rel, d[None]) ** 2, -1)  # |(p - o) x d|^2 for unit d
+    np.testing.assert_allclose(got, expected, atol=2e-6)  # float32 cancellation of O(0.5 m^2) terms
+    assert expected.min() < 1e-4 and expected.max() > 1e-2  # near and far rays both present
 
 
 def test_outputs_and_gaussian_count(tiny):

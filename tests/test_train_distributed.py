@@ -10,7 +10,6 @@ where every parameter has moved and depends on the gradients and Adam moments of
 from __future__ import annotations
 
 import socket
-import subprocess
 
 import numpy as np
 import pytest

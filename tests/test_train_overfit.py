@@ -1,6 +1,4 @@
 """The tiny model fits one subject: mean PSNR >= 28 dB on its training views at 64x48 within 400 steps."""
-import importlib.util
-import pathlib
 
 import jax
 import numpy as np
@@ -9,20 +7,17 @@ from headsup_jax.data.capture import find_captures, load_capture
 from headsup_jax.data.synth import SynthConfig, generate
 from headsup_jax.data.tfds_builder import capture_example
 from headsup_jax.data.views import ViewSpec, make_views
+from headsup_jax.train.config import size_config
 from headsup_jax.train.evaluate import evaluate_batch
 from headsup_jax.train.experiment import build_experiment
 from headsup_jax.train.sharding import global_batch
-from headsup_jax.train.step import make_train_step
+from headsup_jax.train.step import TrainStep
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 400
 
 
 def tiny_config():
-    spec = importlib.util.spec_from_file_location("headsup_config", ROOT / "configs" / "headsup.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("tiny")
+    config = size_config("tiny")
     config.template = "procedural"
     # a schedule 4x longer than the test: the learning rate stays near its peak for all 400 steps
     config.optim.lr, config.optim.warmup_steps, config.optim.total_steps = 1e-3, 20, 4 * STEPS
@@ -39,7 +34,7 @@ def test_overfits_one_subject(tmp_path):
 
     experiment = build_experiment(tiny_config())
     before = evaluate_batch(experiment, experiment.state, batch)["metrics"]["psnr"].mean()
-    step, state = make_train_step(experiment), experiment.state
+    step, state = TrainStep(experiment), experiment.state
     sharded = global_batch(batch, experiment.mesh)
     for _ in range(STEPS):
         state, metrics = step(state, sharded)

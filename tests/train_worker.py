@@ -14,7 +14,6 @@ Use run_worker() (it sets XLA_FLAGS and a shared persistent compilation cache).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -26,10 +25,9 @@ BATCH = 8
 
 
 def tiny_config(**mesh):
-    spec = importlib.util.spec_from_file_location("headsup_config", ROOT / "configs" / "headsup.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("tiny")
+    from headsup_jax.train.config import size_config
+
+    config = size_config("tiny")
     config.template = "procedural"
     config.compute_dtype = "float32"
     config.atlas_resolution = 32
@@ -97,13 +95,13 @@ def run_steps(out: str, mesh: tuple[int, int, int], steps: int) -> None:
 
     from headsup_jax.train.experiment import build_experiment
     from headsup_jax.train.sharding import global_batch
-    from headsup_jax.train.step import make_train_step
+    from headsup_jax.train.step import TrainStep
 
     data, fsdp, tensor = mesh
     config = tiny_config(data=data, fsdp=fsdp, tensor=tensor)
     experiment = build_experiment(config)
     assert experiment.mesh.devices.size == len(jax.devices()) == data * fsdp * tensor, experiment.mesh
-    step_fn = make_train_step(experiment)
+    step_fn = TrainStep(experiment)
     state, saved, losses = experiment.state, {}, []
     for step in range(steps):
         state, metrics = step_fn(state, global_batch(synthetic_batch(config, seed=step), experiment.mesh))
@@ -126,13 +124,13 @@ def run_multihost(out: str, coordinator: str | None, num_processes: int, process
     from headsup_jax.train.checkpoint import Checkpointer
     from headsup_jax.train.experiment import build_experiment
     from headsup_jax.train.sharding import global_batch
-    from headsup_jax.train.step import make_train_step
+    from headsup_jax.train.step import TrainStep
 
     assert jax.process_count() == num_processes and jax.process_index() == process_id
     config = tiny_config()
     experiment = build_experiment(config)
     assert experiment.mesh.devices.size == num_processes
-    step_fn = make_train_step(experiment)
+    step_fn = TrainStep(experiment)
     ckpt = Checkpointer(workdir, every=1000, keep=2)
     state, losses = experiment.state, []
     per = BATCH // num_processes

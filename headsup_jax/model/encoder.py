@@ -31,7 +31,8 @@ class ViewEncoder(nnx.Module):
         self.downsample = 2 ** len(widths)
 
     def __call__(self, images, K, world_to_cam):
-        """images [B, N, H, W, 3] in [0, 1], K [B, N, 3, 3], world_to_cam [B, N, 4, 4] -> [B, N*h*w, dim]"""
+        """images [B, N, H, W, 3] in [0, 1], K [B, N, 3, 3], world_to_cam [B, N, 4, 4]
+        -> tokens [B, N*h*w, dim] and their rays [B, N*h*w, 6] (Plücker, through each token's centre)"""
         B, N, H, W, _ = images.shape
         if H % self.downsample or W % self.downsample:
             raise ValueError(f"image size {H}x{W} must be a multiple of {self.downsample}")
@@ -44,4 +45,4 @@ class ViewEncoder(nnx.Module):
         scale = jnp.diag(jnp.array([w / W, h / H, 1.0]))
         token_rays = plucker_rays(scale @ K, world_to_cam, h, w).reshape(B * N, h, w, 6)
         tokens = self.norm(self.proj(x) + self.ray_embed(token_rays))  # [B*N, h, w, dim]
-        return tokens.reshape(B, N * h * w, -1)
+        return tokens.reshape(B, N * h * w, -1), token_rays.reshape(B, N * h * w, 6)

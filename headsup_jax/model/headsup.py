@@ -9,7 +9,7 @@ from flax import nnx
 
 from headsup_jax.geometry import UVAtlas, anchor
 from headsup_jax.model.background import BackgroundModel
-from headsup_jax.model.compressor import LatentCompressor, pooled_prior
+from headsup_jax.model.compressor import LatentCompressor, pool_cells, pooled_prior
 from headsup_jax.model.decoder import UVDecoder, split_attributes
 from headsup_jax.model.encoder import ViewEncoder
 from headsup_jax.model.layers import Buffer
@@ -39,8 +39,10 @@ class HeadsUp(nnx.Module):
         self.template_vertices = Buffer(jnp.asarray(template_vertices, jnp.float32))  # [V, 3]
         self.encoder = ViewEncoder(m.dim, m.encoder_widths, m.encoder_blocks, rngs=rngs, dtype=dtype)
         prior = pooled_prior(atlas.position_map, atlas.normal_map, atlas.mask, m.latent_size)
+        points = pool_cells(atlas.position_map, atlas.mask, m.latent_size)  # [Lh, Lw, 3] template points
         self.compressor = LatentCompressor(prior, m.dim, m.depth, m.heads, m.mlp_ratio, m.self_attention,
-                                           remat=m.remat, scan_layers=m.scan_layers, rngs=rngs, dtype=dtype)
+                                           remat=m.remat, scan_layers=m.scan_layers, points=points,
+                                           ray_bias=m.ray_sigmas if m.ray_bias else (), rngs=rngs, dtype=dtype)
         self.decoder = UVDecoder(m.dim, m.latent_size, atlas.resolution, m.decoder_widths, m.decoder_blocks,
                                  rngs=rngs, dtype=dtype)
         bg = config.background
@@ -53,7 +55,7 @@ class HeadsUp(nnx.Module):
 
     def latent(self, images, K, world_to_cam):
         """[B, N, H, W, 3], [B, N, 3, 3], [B, N, 4, 4] -> Z [B, Lh, Lw, dim]"""
-        return self.compressor(self.encoder(images, K, world_to_cam))
+        return self.compressor(*self.encoder(images, K, world_to_cam))
 
     def head_gaussians(self, uv_map) -> tuple[Gaussians, dict]:
         """UV map [B, R, R, A] -> head Gaussians [B, G] and the raw per-Gaussian predictions."""

@@ -76,6 +76,6 @@ class Attention(nnx.Module):
                                      kernel_metadata=axes("heads", "kv", "embed"), bias_metadata=axes("embed"),
                                      dtype=dtype, rngs=rngs)
 
-    def __call__(self, x, context):  # [B, Q, D], [B, T, D] -> [B, Q, D]
-        out = jax.nn.dot_product_attention(self.q(x), self.k(context), self.v(context))  # [B, Q, H, Dh]
+    def __call__(self, x, context, bias=None):  # [B, Q, D], [B, T, D], [B, H, Q, T] logits -> [B, Q, D]
+        out = jax.nn.dot_product_attention(self.q(x), self.k(context), self.v(context), bias=bias)  # [B, Q, H, Dh]
         return self.out(out)

@@ -19,3 +19,13 @@ def plucker_rays(K: jax.Array, world_to_cam: jax.Array, height: int, width: int)
     origin = -jnp.einsum("...ji,...j->...i", R, t)[..., None, None, :]  # [..., 1, 1, 3]
     moment = jnp.cross(jnp.broadcast_to(origin, dirs.shape), dirs)
     return jnp.concatenate([dirs, moment], -1)
+
+
+def ray_distance2(points: jax.Array, rays: jax.Array) -> jax.Array:
+    """Squared distance from points [L, 3] to the lines of Plücker rays [B, T, 6] (unit d, m = o x d):
+    |p x d - m|^2 = |p|^2 - (p.d)^2 - 2 p.(d x m) + |m|^2. -> [B, L, T]"""
+    d, m = rays[..., :3], rays[..., 3:]
+    along = jnp.einsum("lc,btc->blt", points, d)
+    across = jnp.einsum("lc,btc->blt", points, jnp.cross(d, m))
+    d2 = jnp.sum(points ** 2, -1)[None, :, None] - along ** 2 - 2.0 * across + jnp.sum(m ** 2, -1)[:, None, :]
+    return jnp.maximum(d2, 0.0)

@@ -9,9 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from headsup_jax.geometry import anchor
+from headsup_jax.render.sh import C0
 from headsup_jax.train.data import eval_batch, model_inputs
 from headsup_jax.train.metrics import image_metrics
-from headsup_jax.train.objective import objective
+from headsup_jax.train.objective import objective, render_views
 
 
 _COMPILED = {}  # id(experiment) -> jitted evaluation (one compilation per run, not per call)
@@ -19,19 +21,48 @@ _COMPILED = {}  # id(experiment) -> jitted evaluation (one compilation per run, 
 
 def _eval_fn(experiment):
     if id(experiment) not in _COMPILED:
-        def run(state, batch):
-            model = nnx.merge(experiment.graphdef, state)[0]
-            _, (_, renders, target) = objective(model, batch, experiment.config)
-            return image_metrics(renders.rgb, target, batch["target_masks"]), renders.rgb, target
+        supervision_def, supervision_state = nnx.split(experiment.supervision)
 
-        _COMPILED[id(experiment)] = (experiment, jax.jit(run))
+        def run(state, batch, supervision_state):
+            model = nnx.merge(experiment.graphdef, state)[0]
+            supervision = nnx.merge(supervision_def, supervision_state)
+            _, (_, renders, target) = objective(model, supervision, batch, experiment.config)
+            metrics = image_metrics(renders.rgb, target, batch["target_masks"], lpips=supervision.lpips)
+            return metrics, renders.rgb, target
+
+        jitted = jax.jit(run)
+        _COMPILED[id(experiment)] = (experiment, lambda state, batch: jitted(state, batch, supervision_state))
     return _COMPILED[id(experiment)][1]
 
 
 def evaluate_batch(experiment, state, batch: dict) -> dict:
-    """Renders the target views of one batch -> {"metrics": name -> [B, M], "renders", "targets"}."""
+    """Renders the target views of one batch -> {"metrics": name -> [B, M] (psnr, ssim; lpips when
+    config.loss.lpips_weights names the network), "renders", "targets"}."""
     metrics, renders, targets = _eval_fn(experiment)(state, jax.tree.map(jnp.asarray, model_inputs(batch)))
     return {"metrics": jax.tree.map(np.asarray, metrics), "renders": np.asarray(renders), "targets": np.asarray(targets)}
+
+
+def mean_head_colour(batch: dict) -> np.ndarray:
+    """Mean RGB of the head pixels (mask > 0.5) of a batch's target views -> [3]"""
+    mask = np.asarray(batch["target_masks"]) > 0.5  # [B, M, H, W]
+    return np.asarray(batch["targets"])[mask].mean(0)
+
+
+def template_baseline(experiment, batch: dict, colour) -> dict:
+    """The reference a trained model must beat: the template's Gaussians (zero predictions) painted one
+    colour, rendered in the batch's target views -> image metrics name -> [B, M] (as `evaluate_batch`)."""
+    config = experiment.config
+    sh = jnp.broadcast_to((jnp.asarray(colour, jnp.float32) - 0.5) / C0, (experiment.atlas.count, 1, 3))
+    head = anchor(experiment.template_vertices, experiment.atlas, sh=sh)
+    inputs = jax.tree.map(jnp.asarray, model_inputs(batch))
+    cams, targets = inputs["target_cameras"], inputs["targets"]  # [B, M, H, W, 3]
+    B, _, H, W, _ = targets.shape
+    gaussians = jax.tree.map(lambda x: jnp.broadcast_to(x, (B, *x.shape)), head)
+    background = jnp.asarray(config.loss.background, jnp.float32)
+    renders = render_views(gaussians, cams["K"], cams["world_to_cam"], H, W, background, config.render)
+    mask = inputs["target_masks"][..., None].astype(jnp.float32)
+    target = targets * mask + background * (1.0 - mask)
+    return jax.tree.map(np.asarray, image_metrics(renders.rgb, target, inputs["target_masks"]))
 
 
 def image_grid(renders: np.ndarray, targets: np.ndarray) -> np.ndarray:

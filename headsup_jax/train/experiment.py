@@ -8,8 +8,10 @@ import jax
 from flax import nnx
 
 from headsup_jax.geometry import UVAtlas, build_atlas, load_template
+from headsup_jax.geometry.features import feature_texels
 from headsup_jax.model.headsup import HeadsUp
 from headsup_jax.train.data import template_spec
+from headsup_jax.train.objective import Supervision
 from headsup_jax.train.optim import make_optimizer
 from headsup_jax.train.sharding import make_mesh, state_shardings
 
@@ -23,6 +25,7 @@ class Experiment:
     graphdef: object  # of (model, optimizer)
     state: nnx.State  # sharded over `mesh`
     shardings: nnx.State
+    supervision: Supervision  # frozen inputs of the objective (replicated)
 
     def model(self, state: nnx.State | None = None) -> HeadsUp:
         return nnx.merge(self.graphdef, self.state if state is None else state)[0]
@@ -54,4 +57,15 @@ def build_experiment(config, workdir=None, devices=None) -> Experiment:
     graphdef, abstract = nnx.split(nnx.eval_shape(create))
     shardings = state_shardings(abstract, mesh, config.sharding_rules)
     state = jax.jit(lambda: nnx.split(create())[1], out_shardings=shardings)()
-    return Experiment(config, template.vertices, atlas, mesh, graphdef, state, shardings)
+    return Experiment(config, template.vertices, atlas, mesh, graphdef, state, shardings,
+                      build_supervision(config, template, atlas))
+
+
+def build_supervision(config, template, atlas) -> Supervision:
+    """Eye and mouth texels of the atlas, and the LPIPS network when config.loss.lpips_weights names one."""
+    lpips = None
+    if config.loss.lpips_weights:
+        from headsup_jax.model.lpips import load_lpips
+
+        lpips = load_lpips(config.loss.lpips_weights)
+    return Supervision(feature_texels(template, atlas), lpips)

@@ -15,7 +15,7 @@ from headsup_jax.train.data import eval_batch, model_inputs, train_iterator
 from headsup_jax.train.experiment import build_experiment
 from headsup_jax.train.optim import learning_rate
 from headsup_jax.train.sharding import global_batch
-from headsup_jax.train.step import make_train_step
+from headsup_jax.train.step import TrainStep
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def train(config, workdir, devices=None, progress: bool = True, stop_at: int | N
         if data_state is not None:
             data.set_state(data_state)
         log.info("resumed from step %d", start)
-    step_fn = make_train_step(experiment)
+    step_fn = TrainStep(experiment)
     writer = _writer(workdir)
     lr = learning_rate(config.optim)
     total = config.optim.total_steps

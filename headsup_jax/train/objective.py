@@ -1,11 +1,25 @@
 """The training objective: render the supervision views of the predicted Gaussians and compare."""
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
+from headsup_jax.geometry.features import FEATURES
+from headsup_jax.model.layers import Buffer
 from headsup_jax.render import Camera, rasterize
+from headsup_jax.render.sh import C0
 from headsup_jax.train import losses
+
+
+class Supervision(nnx.Module):
+    """The objective's frozen inputs: which Gaussians show the eyes and mouth, and the LPIPS network."""
+
+    def __init__(self, feature_texels, lpips=None):
+        self.feature_texels = Buffer(jnp.asarray(feature_texels, jnp.float32))  # [G, len(FEATURES)]
+        self.lpips = lpips  # headsup_jax.model.lpips.LPIPS, or None
 
 
 def render_views(gaussians, K, world_to_cam, height: int, width: int, background, render_config):
@@ -21,7 +35,21 @@ def render_views(gaussians, K, world_to_cam, height: int, width: int, background
     return jax.vmap(lambda g, ks, ws: jax.vmap(lambda k, w: one(g, k, w))(ks, ws))(gaussians, K, world_to_cam)
 
 
-def objective(model, batch: dict, config):
+def feature_maps(gaussians, feature_texels, K, world_to_cam, height: int, width: int, render_config):
+    """Where the eyes and mouth land in each view: the Gaussians [B, G (+ background)] rendered with their
+    feature membership [G, F] as colour (background Gaussians and the backdrop: 0), no gradient.
+
+    -> [B, M, H, W, F] in [0, 1]"""
+    B, G_all = gaussians.opacities.shape
+    G, F = feature_texels.shape
+    colour = jnp.zeros((G_all, 3), jnp.float32).at[:G, :F].set(feature_texels)
+    sh = jnp.broadcast_to(((colour - 0.5) / C0)[:, None, :], (B, G_all, 1, 3))
+    painted = jax.lax.stop_gradient(dataclasses.replace(gaussians, sh=sh))
+    out = render_views(painted, K, world_to_cam, height, width, jnp.zeros(3), render_config)
+    return out.rgb[..., :F]
+
+
+def objective(model, supervision: Supervision, batch: dict, config):
     """Weighted sum of the configured losses. -> (loss, (terms, renders, composited targets))"""
     cams, targets = batch["input_cameras"], batch["targets"]  # [B, M, H, W, 3]
     gaussians, aux = model(batch["inputs"], cams["K"], cams["world_to_cam"])
@@ -35,13 +63,23 @@ def objective(model, batch: dict, config):
     else:  # masked supervision on a known background
         target = targets * mask[..., None] + background * (1.0 - mask[..., None])
     w = config.loss
+    region_weights = jnp.asarray([w.regions[name] for name in FEATURES], jnp.float32)
+    pixel_weights = None  # [B, M, H, W]: 1 + the region weights where the eyes and mouth land
+    if any(w.regions[name] for name in FEATURES):
+        regions = feature_maps(gaussians, supervision.feature_texels[...], tc["K"], tc["world_to_cam"], H, W,
+                               config.render)
+        pixel_weights = losses.region_weight_map(regions, region_weights)
     terms = {
-        "l1": losses.l1_loss(renders.rgb, target),
-        "dssim": losses.dssim_loss(renders.rgb, target),
+        "l1": losses.l1_loss(renders.rgb, target, pixel_weights),
+        "dssim": losses.dssim_loss(renders.rgb, target, pixel_weights),
         "tv": losses.uv_tv_loss(aux["uv_map"], model.atlas.mask),
         "offset": losses.offset_loss(aux["offsets"]),
     }
     if not config.background.enabled:  # the sphere would cover the whole silhouette
         terms["mask"] = losses.mask_l1_loss(renders.alpha, mask)
+    if w.lpips:
+        if supervision.lpips is None:
+            raise ValueError("config.loss.lpips > 0 needs config.loss.lpips_weights (see `headsup lpips convert`)")
+        terms["lpips"] = losses.lpips_loss(supervision.lpips, renders.rgb, target)
     total = sum(getattr(w, name) * value for name, value in terms.items() if getattr(w, name))
     return total, (terms, renders, target)

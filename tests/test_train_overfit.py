@@ -1,4 +1,7 @@
-"""The tiny model fits one subject: mean PSNR >= 28 dB on its training views at 64x48 within 400 steps."""
+"""The tiny model fits one subject: mean PSNR >= 28 dB on its training views at 64x48 within 250 steps.
+
+Measured standalone (this schedule): mean / min PSNR 22.8 / 20.7 at 100 steps, 28.9 / 27.9 at 200, 31.1 / 30.6
+at 250."""
 
 import jax
 import numpy as np
@@ -13,14 +16,14 @@ from headsup_jax.train.experiment import build_experiment
 from headsup_jax.train.sharding import global_batch
 from headsup_jax.train.step import TrainStep
 
-STEPS = 400
+STEPS = 250
 
 
 def tiny_config():
     config = size_config("tiny")
     config.template = "procedural"
-    # a schedule 4x longer than the test: the learning rate stays near its peak for all 400 steps
-    config.optim.lr, config.optim.warmup_steps, config.optim.total_steps = 1e-3, 20, 4 * STEPS
+    # a long schedule (1600 steps): the learning rate stays near its peak for the test's steps
+    config.optim.lr, config.optim.warmup_steps, config.optim.total_steps = 1e-3, 20, 1600
     return config
 
 

@@ -135,7 +135,7 @@ def stage_times(experiment, batch_np, runs: int) -> dict:
     from flax import nnx
 
     from headsup_jax.train import losses
-    from headsup_jax.train.objective import render_views
+    from headsup_jax.train.objective import composite_on_background, render_views
 
     config = experiment.config
     b = jax.tree.map(jnp.asarray, batch_np)
@@ -188,7 +188,7 @@ def stage_times(experiment, batch_np, runs: int) -> dict:
     log(f"    renderer {out['renderer']:.1f} ms")
     # loss (the terms of train/objective.py, masked supervision): renders, UV map and offsets
     mask = b["target_masks"].astype(jnp.float32)
-    target = b["targets"] * mask[..., None] + background * (1.0 - mask[..., None])
+    target = composite_on_background(b["targets"], mask, background)
     w = config.loss
 
     def loss(d):

@@ -9,8 +9,8 @@ from headsup_jax.geometry.anchor import anchor, surface_frames
 from headsup_jax.geometry.atlas import UVAtlas, build_atlas
 from headsup_jax.geometry.rig import deform, expression_coefficients
 from headsup_jax.geometry.template import HeadTemplate
+from headsup_jax.render.sh import rgb_to_sh
 
-SH_C0 = 0.28209479177387814
 EXPRESSION = {"jawOpen": 0.7, "mouthSmile_L": 1.0, "mouthSmile_R": 1.0}
 AZIMUTHS = (0.0, 45.0, 90.0, -45.0)
 LIGHT = np.array([0.3, 0.5, 1.0]) / np.linalg.norm([0.3, 0.5, 1.0])
@@ -41,7 +41,7 @@ def _render_views(template: HeadTemplate, atlas: UVAtlas, vertices, size: int) -
     _, frame, _ = surface_frames(jnp.asarray(vertices), atlas)
     albedo = region_colors(len(atlas.region_names))[atlas.gather(atlas.region[..., None])[:, 0]]  # [G, 3]
     color = albedo * (0.35 + 0.65 * np.clip(np.asarray(frame[:, :, 2]) @ LIGHT, 0, 1)[:, None])
-    gaussians = anchor(vertices, atlas, sh=jnp.asarray((color - 0.5) / SH_C0, jnp.float32)[:, None, :])
+    gaussians = anchor(vertices, atlas, sh=jnp.asarray(rgb_to_sh(color), jnp.float32)[:, None, :])
     used = np.asarray(template.vertices)[np.unique(atlas.face_vertices)]
     centre = 0.5 * (used.min(0) + used.max(0))
     extent = float(np.max(used.max(0) - used.min(0)))

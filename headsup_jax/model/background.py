@@ -10,7 +10,7 @@ from flax import nnx
 
 from headsup_jax.model.layers import Buffer, conv, dense
 from headsup_jax.render import Gaussians
-from headsup_jax.render.sh import C0
+from headsup_jax.render.sh import rgb_to_sh
 
 
 def fibonacci_sphere(n: int) -> np.ndarray:
@@ -57,4 +57,4 @@ class BackgroundModel(nnx.Module):
         colour = jax.nn.sigmoid(raw[..., :3])  # mid grey at init
         batch = lambda x: jnp.broadcast_to(x[...], (raw.shape[0],) + x.shape)
         return Gaussians(means=batch(self.means), quats=batch(self.quats), scales=batch(self.scales),
-                         opacities=jax.nn.sigmoid(raw[..., 3] + 4.0), sh=((colour - 0.5) / C0)[..., None, :])
+                         opacities=jax.nn.sigmoid(raw[..., 3] + 4.0), sh=rgb_to_sh(colour)[..., None, :])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from headsup_jax.render.sh import C0
+from headsup_jax.render.sh import rgb_to_sh
 from headsup_jax.render.types import Gaussians
 
 
@@ -48,7 +48,7 @@ def head_scene(seed: int, n: int, sh_degree: int = 1) -> Gaussians:
                        np.full(n, 0.1 * footprint)], -1)
     skin = np.array([0.85, 0.64, 0.52]) + 0.08 * rng.normal(size=(n, 1))
     sh = np.zeros((n, (sh_degree + 1) ** 2, 3))
-    sh[:, 0] = (skin - 0.5) / C0
+    sh[:, 0] = rgb_to_sh(skin)
     if sh_degree > 0:
         sh[:, 1:] = 0.05 * rng.normal(size=(n, (sh_degree + 1) ** 2 - 1, 3))
     return Gaussians(means=means.astype(np.float32), quats=quats.astype(np.float32),

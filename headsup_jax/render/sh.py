@@ -7,6 +7,11 @@ import jax.numpy as jnp
 C0 = 0.2820947917738781
 
 
+def rgb_to_sh(rgb):
+    """The degree-0 coefficient that renders as colour `rgb` from every direction (NumPy or JAX). [..., 3]"""
+    return (rgb - 0.5) / C0
+
+
 def sh_basis(degree: int, dirs: jax.Array) -> jax.Array:
     """SH basis at unit directions. [..., 3] -> [..., (degree+1)^2]"""
     if not 0 <= degree <= 3:

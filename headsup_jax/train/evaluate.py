@@ -10,10 +10,10 @@ import numpy as np
 from flax import nnx
 
 from headsup_jax.geometry import anchor
-from headsup_jax.render.sh import C0
+from headsup_jax.render.sh import rgb_to_sh
 from headsup_jax.train.data import eval_batch, model_inputs
 from headsup_jax.train.metrics import image_metrics
-from headsup_jax.train.objective import objective, render_views
+from headsup_jax.train.objective import composite_on_background, objective, render_views
 
 
 _COMPILED = {}  # id(experiment) -> jitted evaluation (one compilation per run, not per call)
@@ -52,7 +52,7 @@ def template_baseline(experiment, batch: dict, colour) -> dict:
     """The reference a trained model must beat: the template's Gaussians (zero predictions) painted one
     colour, rendered in the batch's target views -> image metrics name -> [B, M] (as `evaluate_batch`)."""
     config = experiment.config
-    sh = jnp.broadcast_to((jnp.asarray(colour, jnp.float32) - 0.5) / C0, (experiment.atlas.count, 1, 3))
+    sh = jnp.broadcast_to(rgb_to_sh(jnp.asarray(colour, jnp.float32)), (experiment.atlas.count, 1, 3))
     head = anchor(experiment.template_vertices, experiment.atlas, sh=sh)
     inputs = jax.tree.map(jnp.asarray, model_inputs(batch))
     cams, targets = inputs["target_cameras"], inputs["targets"]  # [B, M, H, W, 3]
@@ -60,8 +60,7 @@ def template_baseline(experiment, batch: dict, colour) -> dict:
     gaussians = jax.tree.map(lambda x: jnp.broadcast_to(x, (B, *x.shape)), head)
     background = jnp.asarray(config.loss.background, jnp.float32)
     renders = render_views(gaussians, cams["K"], cams["world_to_cam"], H, W, background, config.render)
-    mask = inputs["target_masks"][..., None].astype(jnp.float32)
-    target = targets * mask + background * (1.0 - mask)
+    target = composite_on_background(targets, inputs["target_masks"], background)
     return jax.tree.map(np.asarray, image_metrics(renders.rgb, target, inputs["target_masks"]))
 
 

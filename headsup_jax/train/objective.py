@@ -10,7 +10,7 @@ from flax import nnx
 from headsup_jax.geometry.features import FEATURES
 from headsup_jax.model.layers import Buffer
 from headsup_jax.render import Camera, rasterize
-from headsup_jax.render.sh import C0
+from headsup_jax.render.sh import rgb_to_sh
 from headsup_jax.train import losses
 
 
@@ -35,6 +35,12 @@ def render_views(gaussians, K, world_to_cam, height: int, width: int, background
     return jax.vmap(lambda g, ks, ws: jax.vmap(lambda k, w: one(g, k, w))(ks, ws))(gaussians, K, world_to_cam)
 
 
+def composite_on_background(images, masks, background):
+    """Masked supervision: images [..., H, W, 3] where masks [..., H, W] say head, background elsewhere."""
+    masks = masks.astype(jnp.float32)[..., None]
+    return images * masks + background * (1.0 - masks)
+
+
 def feature_maps(gaussians, feature_texels, K, world_to_cam, height: int, width: int, render_config):
     """Where the eyes and mouth land in each view: the Gaussians [B, G (+ background)] rendered with their
     feature membership [G, F] as colour (background Gaussians and the backdrop: 0), no gradient.
@@ -43,7 +49,7 @@ def feature_maps(gaussians, feature_texels, K, world_to_cam, height: int, width:
     B, G_all = gaussians.opacities.shape
     G, F = feature_texels.shape
     colour = jnp.zeros((G_all, 3), jnp.float32).at[:G, :F].set(feature_texels)
-    sh = jnp.broadcast_to(((colour - 0.5) / C0)[:, None, :], (B, G_all, 1, 3))
+    sh = jnp.broadcast_to(rgb_to_sh(colour)[:, None, :], (B, G_all, 1, 3))
     painted = jax.lax.stop_gradient(dataclasses.replace(gaussians, sh=sh))
     out = render_views(painted, K, world_to_cam, height, width, jnp.zeros(3), render_config)
     return out.rgb[..., :F]
@@ -61,7 +67,7 @@ def objective(model, supervision: Supervision, batch: dict, config):
     if config.background.enabled:  # raw frames: the background model explains what is not head
         target = targets
     else:  # masked supervision on a known background
-        target = targets * mask[..., None] + background * (1.0 - mask[..., None])
+        target = composite_on_background(targets, mask, background)
     w = config.loss
     region_weights = jnp.asarray([w.regions[name] for name in FEATURES], jnp.float32)
     pixel_weights = None  # [B, M, H, W]: 1 + the region weights where the eyes and mouth land

@@ -60,6 +60,12 @@ BAD_INPUTS = {
                       "images/cam03.png", "size", "32x20"),
     "mask size mismatch": (lambda p: (p / "masks" / "cam00.png").write_bytes(encode_png(np.zeros((24, 30), np.uint8))),
                            "masks/cam00.png", "size", "30x24"),
+    "skew in K": (lambda p: _edit_camera(p, 1, "K", [[20, 0.5, 16], [0, 20, 12], [0, 0, 1]]), "cameras.json",
+                  "cameras[cam01].K", "skew K[0][1] = 0.5"),
+    "distortion": (lambda p: _edit_camera(p, 2, "distortion", [0.0, -0.1, 0.0, 0.0, 0.0]), "cameras.json",
+                   "cameras[cam02].distortion", "non-zero coefficients"),
+    "distortion not numbers": (lambda p: _edit_camera(p, 0, "distortion", ["k1"]), "cameras.json",
+                               "cameras[cam00].distortion", "finite numbers"),
     "duplicate id": (lambda p: _edit_camera(p, 2, "id", "cam01"), "cameras.json", "cameras[2].id", "duplicate"),
     "unknown blendshape": (lambda p: (p / "blendshapes.json").write_text('{"jawOpen": 1.0, "smirkLeft": 0.2}'),
                            "blendshapes.json", "smirkLeft", "unknown blendshape"),
@@ -76,6 +82,12 @@ def test_bad_input_names_subject_file_field(tmp_path, name):
     p = err.value.problem
     assert (p.subject, p.file, p.field) == ("bob", file, field), str(err.value)
     assert words in p.message and "'bob'" in str(err.value) and file in str(err.value)
+
+
+def test_zero_distortion_is_accepted(tmp_path):
+    make_capture(tmp_path / "zed")
+    _edit_camera(tmp_path / "zed", 0, "distortion", [0.0, 0.0, 0.0, 0.0, 0.0])
+    assert load_capture(tmp_path / "zed").cameras[0].distortion == (0.0,) * 5
 
 
 def test_validate_cli_reports_per_subject(tmp_path, capsys):

@@ -1,13 +1,15 @@
 """The on-disk capture format: one folder per subject (and optionally per frame), loaded and validated.
 
     <root>/<subject>[/<frame>]/cameras.json        {"cameras": [{"id", "K", "world_to_cam", "width", "height",
-                                                               "distortion" (optional)}, ...]}
+                                                               "distortion" (optional, all 0)}, ...]}
                               /images/<id>.png|jpg  one image per camera, size width x height
                               /masks/<id>.png       optional; if the folder exists, one mask per camera
                               /depth/<id>.png       optional; 16-bit PNG, camera z in millimetres, 0 = none
                               /blendshapes.json     optional {ARKit name: weight}
 
 Cameras follow DESIGN.md: OpenCV axes, metres, K in pixels with pixel (i, j) centred at (j + .5, i + .5).
+The renderer is an ideal pinhole: K must have zero skew and distortion coefficients, if given, must be 0
+(undistort the images first).
 Every problem is reported as a `Problem(subject, file, field, message)`; `load_capture` raises the first as a
 `CaptureError`, `check_capture` returns them all (the validator's report).
 """
@@ -22,10 +24,12 @@ import numpy as np
 
 from headsup_jax.data.blendshapes import ARKIT_BLENDSHAPES
 from headsup_jax.data.io import image_size, write_bytes_atomic, write_json_atomic
+from headsup_jax.errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 _RIGID_TOL = 1e-4
+_SKEW_TOL = 1e-6  # pixels
 _SINGULAR = {"images": "image", "masks": "mask", "depth": "depth map"}
 
 
@@ -40,7 +44,7 @@ class Problem:
         return f"subject {self.subject!r}, file {self.file}, field {self.field}: {self.message}"
 
 
-class CaptureError(ValueError):
+class CaptureError(InputError):
     """Bad capture data; names the subject, the file and the field."""
 
     def __init__(self, problem: Problem):
@@ -68,7 +72,7 @@ class CameraSpec:
         return out
 
     def to_camera(self):
-        """The renderer's `Camera` (distortion is ignored: images are expected undistorted)."""
+        """The renderer's `Camera` (a validated spec has no skew and no distortion)."""
         from headsup_jax.render import Camera
 
         return Camera(world_to_cam=np.asarray(self.world_to_cam, np.float32), K=np.asarray(self.K, np.float32),
@@ -108,6 +112,21 @@ def _check_K(K, problems, subject, file, field) -> None:
         problems.append(Problem(subject, file, field, "is singular or has non-positive focal lengths"))
     elif not np.allclose(K[2], [0, 0, 1]) or abs(K[1, 0]) > 1e-9:
         problems.append(Problem(subject, file, field, "is not a pinhole matrix (last row must be [0, 0, 1])"))
+    elif abs(K[0, 1]) > _SKEW_TOL:
+        problems.append(Problem(subject, file, field, f"has skew K[0][1] = {K[0, 1]:g}; the renderer's pinhole "
+                                "projection needs K[0][1] = 0"))
+
+
+def _check_distortion(dist, problems, subject, file, field) -> None:
+    try:
+        d = np.asarray(dist, np.float64)
+    except (TypeError, ValueError):
+        d = None
+    if not isinstance(dist, list) or d is None or d.ndim != 1 or not np.all(np.isfinite(d)):
+        problems.append(Problem(subject, file, field, "expected a list of finite numbers"))
+    elif np.any(d != 0):
+        problems.append(Problem(subject, file, field, f"non-zero coefficients {dist}: the renderer is an ideal "
+                                "pinhole camera; undistort the images first (and store zeros or no distortion)"))
 
 
 def _check_rigid(T, problems, subject, file, field) -> None:
@@ -119,7 +138,7 @@ def _check_rigid(T, problems, subject, file, field) -> None:
 
 
 def camera_problems(K, world_to_cam, subject: str, file: str, where: str) -> list[Problem]:
-    """Problems of one camera's K (finite, invertible, pinhole) and world_to_cam (finite, rigid)."""
+    """Problems of one camera's K (finite, invertible, pinhole, no skew) and world_to_cam (finite, rigid)."""
     problems: list[Problem] = []
     K = _matrix(K, (3, 3), problems, subject, file, f"{where}.K")
     T = _matrix(world_to_cam, (4, 4), problems, subject, file, f"{where}.world_to_cam")
@@ -156,8 +175,8 @@ def parse_cameras(obj, subject: str, file: str = "cameras.json") -> tuple[list[C
         if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
             problems.append(Problem(subject, file, f"{where}.width/height", f"expected positive integers, got {size}"))
         dist = c.get("distortion")
-        if dist is not None and (not isinstance(dist, list) or not np.all(np.isfinite(np.asarray(dist, float)))):
-            problems.append(Problem(subject, file, f"{where}.distortion", "expected a list of finite numbers"))
+        if dist is not None:
+            _check_distortion(dist, problems, subject, file, f"{where}.distortion")
         if len(problems) == n:
             K, T = np.asarray(c["K"], np.float32), np.asarray(c["world_to_cam"], np.float32)
             cams.append(CameraSpec(cid, K, T, size[0], size[1],

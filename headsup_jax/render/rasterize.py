@@ -4,6 +4,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from headsup_jax.render.backend import default_backend
 from headsup_jax.render.composite import CompositingRules, composite
 from headsup_jax.render.projection import project
 from headsup_jax.render.sh import sh_colors
@@ -11,16 +12,6 @@ from headsup_jax.render.tiles import TileGrid, bin_gaussians
 from headsup_jax.render.types import Camera, Gaussians, RenderOutput
 
 CAPACITY_ALIGN = 128  # tile lists are padded to this many entries (a lane width on TPU and GPU)
-
-
-def default_backend() -> str:
-    """pallas where a compiled Pallas kernel exists (TPU, CUDA GPUs with Mosaic GPU), xla elsewhere."""
-    device = jax.devices()[0]
-    if device.platform == "tpu":
-        return "pallas"
-    if device.platform == "gpu" and float(getattr(device, "compute_capability", "0")) >= 9.0:
-        return "pallas"
-    return "xla"
 
 
 def default_capacities(num_gaussians: int, grid: TileGrid) -> tuple[int, int]:
@@ -68,7 +59,7 @@ def rasterize(
 
     Differentiable in the Gaussians' attributes and the background. `stats["dropped_pairs"]` counts
     (tile, Gaussian) pairs that did not fit `max_pairs` or `tile_capacity` (0 means exact).
-    backend: "xla", "pallas", "auto" (see `default_backend`), or "xla_autodiff" (plain autodiff through
+    backend: "xla", "pallas", "auto" (see `backend.default_backend`), or "xla_autodiff" (plain autodiff through
     the XLA forward instead of the custom VJP; for comparisons). Batch with `jax.vmap`.
     """
     if gaussians.count == 0:

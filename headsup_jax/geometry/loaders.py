@@ -13,6 +13,7 @@ import pickle
 
 import numpy as np
 
+from headsup_jax.errors import TemplateError, TemplateNotFoundError
 from headsup_jax.geometry.obj import read_obj, read_obj_vertices, write_obj
 from headsup_jax.geometry.procedural import procedural_template
 from headsup_jax.geometry.template import HeadTemplate
@@ -47,13 +48,13 @@ def _regions_from_ranges(faces: np.ndarray, names, ranges) -> dict:
 def load_ict_archive(path) -> HeadTemplate:
     path = pathlib.Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"ICT-FaceKit archive not found at {path}; set {ICT_ENV} or pass a path")
+        raise TemplateNotFoundError(f"ICT-FaceKit archive not found at {path}; set {ICT_ENV} or pass a path")
     with np.load(path) as d:
         need = ["vertices", "faces", "uvs", "face_uvs", "expression_deltas", "expression_names",
                 "region_names", "region_ranges"]
         missing = [k for k in need if k not in d.files]
         if missing:
-            raise ValueError(f"{path}: missing arrays {missing} (has {d.files})")
+            raise TemplateError(f"{path}: missing arrays {missing} (has {d.files})")
         faces = d["faces"].astype(np.int32)
         return HeadTemplate(
             vertices=(d["vertices"].astype(np.float32) * CM), faces=faces, uvs=d["uvs"].astype(np.float32),
@@ -74,9 +75,9 @@ def _shapes(paths, reference: np.ndarray, scale: float, neutral_name: str, faces
         mesh = read_obj(p, require_faces=False) if faces is not None else None
         v = read_obj_vertices(p) if mesh is None else mesh.vertices
         if v.shape != reference.shape:
-            raise ValueError(f"{p}: v: {len(v)} vertices but {neutral_name} has {len(reference)}")
+            raise TemplateError(f"{p}: v: {len(v)} vertices but {neutral_name} has {len(reference)}")
         if mesh is not None and len(mesh.faces) and not np.array_equal(mesh.faces, faces):
-            raise ValueError(f"{p}: f: its {len(mesh.faces)} faces differ from the {len(faces)} of "
+            raise TemplateError(f"{p}: f: its {len(mesh.faces)} faces differ from the {len(faces)} of "
                              f"{neutral_name} (blendshapes need the same topology)")
         out[k] = (v - reference) * scale
     return out
@@ -91,9 +92,9 @@ def load_obj_template(obj_path, blendshape_dir=None, scale: float = 1.0, name: s
     obj_path = pathlib.Path(obj_path)
     mesh = read_obj(obj_path)
     if mesh.face_uvs is None or not len(mesh.uvs):
-        raise ValueError(f"{obj_path}: faces have no texture coordinates (vt and f v/vt): the atlas needs UVs")
+        raise TemplateError(f"{obj_path}: faces have no texture coordinates (vt and f v/vt): the atlas needs UVs")
     if blendshape_dir and not pathlib.Path(blendshape_dir).is_dir():
-        raise FileNotFoundError(f"{blendshape_dir}: blendshape folder not found")
+        raise TemplateNotFoundError(f"{blendshape_dir}: blendshape folder not found")
     shapes = sorted(pathlib.Path(blendshape_dir).glob("*.obj")) if blendshape_dir else []
     if regions is None:
         regions = {} if list(mesh.groups) == ["default"] else mesh.groups
@@ -125,7 +126,7 @@ def load_ict_folder(folder) -> HeadTemplate:
         folder = folder / "FaceXModel"
     neutral = folder / "generic_neutral_mesh.obj"
     if not neutral.exists():
-        raise FileNotFoundError(f"{folder}: no generic_neutral_mesh.obj (not an ICT-FaceKit folder)")
+        raise TemplateNotFoundError(f"{folder}: no generic_neutral_mesh.obj (not an ICT-FaceKit folder)")
     identity = sorted(folder.glob("identity*.obj"))
     expressions = [p for p in sorted(folder.glob("*.obj")) if p != neutral and p not in identity]
     mesh = read_obj(neutral)
@@ -168,29 +169,29 @@ def load_flame(model_path, uv_obj=None, num_shape: int = 300) -> HeadTemplate:
     head_template.obj beside the model). Expression directions are PCA, named flame_exp_000..."""
     model_path = pathlib.Path(model_path)
     if not model_path.exists():
-        raise FileNotFoundError(f"{model_path}: FLAME model not found")
+        raise TemplateNotFoundError(f"{model_path}: FLAME model not found")
     m = _read_flame_model(model_path)
     for key in ("v_template", "shapedirs", "f"):
         if key not in m:
-            raise ValueError(f"{model_path}: missing field {key!r} (has {sorted(m)})")
+            raise TemplateError(f"{model_path}: missing field {key!r} (has {sorted(m)})")
     v = np.asarray(m["v_template"], np.float64)
     dirs = np.asarray(m["shapedirs"], np.float64)
     faces = np.asarray(m["f"]).astype(np.int64)
     if v.ndim != 2 or v.shape[1] != 3:
-        raise ValueError(f"{model_path}: v_template: shape {list(v.shape)}, expected [V, 3]")
+        raise TemplateError(f"{model_path}: v_template: shape {list(v.shape)}, expected [V, 3]")
     if dirs.ndim != 3 or dirs.shape[:2] != v.shape or dirs.shape[2] <= num_shape:
-        raise ValueError(f"{model_path}: shapedirs: shape {list(dirs.shape)}, expected [{len(v)}, 3, >{num_shape}]")
+        raise TemplateError(f"{model_path}: shapedirs: shape {list(dirs.shape)}, expected [{len(v)}, 3, >{num_shape}]")
     if uv_obj is None:
         uv_obj = next((model_path.parent / n for n in ("head_template.obj", "head_template_mesh.obj")
                        if (model_path.parent / n).exists()), None)
         if uv_obj is None:
-            raise FileNotFoundError(f"{model_path}: no head_template.obj beside the model for the UV layout; "
+            raise TemplateNotFoundError(f"{model_path}: no head_template.obj beside the model for the UV layout; "
                                     "pass flame:MODEL,UV_OBJ")
     uv = read_obj(uv_obj)
     if uv.face_uvs is None:
-        raise ValueError(f"{uv_obj}: faces have no texture coordinates")
+        raise TemplateError(f"{uv_obj}: faces have no texture coordinates")
     if uv.faces.shape != faces.shape or not np.array_equal(uv.faces, faces):
-        raise ValueError(f"{uv_obj}: f: its {len(uv.faces)} faces differ from {model_path.name}'s f "
+        raise TemplateError(f"{uv_obj}: f: its {len(uv.faces)} faces differ from {model_path.name}'s f "
                          f"({len(faces)} faces)")
     expr = dirs[:, :, num_shape:]
     return HeadTemplate(
@@ -217,8 +218,8 @@ def load_template(spec: str = "procedural") -> HeadTemplate:
         return load_ict_archive(path)
     if path.suffix == ".obj":
         if not path.exists():
-            raise FileNotFoundError(f"{path}: template OBJ not found")
+            raise TemplateNotFoundError(f"{path}: template OBJ not found")
         default_dir = path.with_name(path.stem + "_blendshapes")
         return load_obj_template(path, extra or (default_dir if default_dir.is_dir() else None))
-    raise ValueError(f"unknown template {spec!r}: use procedural, ict, flame:MODEL[,UV_OBJ], an ICT .npz or "
+    raise TemplateError(f"unknown template {spec!r}: use procedural, ict, flame:MODEL[,UV_OBJ], an ICT .npz or "
                      "folder, or HEAD.obj[,BLENDSHAPE_DIR]")

@@ -8,6 +8,8 @@ import tempfile
 
 import numpy as np
 
+from headsup_jax.errors import TemplateError
+
 
 @dataclasses.dataclass(frozen=True)
 class ObjMesh:
@@ -22,17 +24,17 @@ def _index(token: str, count: int, path, lineno: int, what: str) -> int:
     try:
         k = int(token)
     except ValueError:
-        raise ValueError(f"{path}:{lineno}: face: bad {what} index {token!r}") from None
+        raise TemplateError(f"{path}:{lineno}: face: bad {what} index {token!r}") from None
     k = k - 1 if k > 0 else count + k  # OBJ is 1-based; negative indices count back from the end
     if not 0 <= k < count:
         plural = {"vertex": "vertices", "texture coordinate": "texture coordinates"}[what]
-        raise ValueError(f"{path}:{lineno}: face references {what} {token} but the file has {count} {plural} "
+        raise TemplateError(f"{path}:{lineno}: face references {what} {token} but the file has {count} {plural} "
                          "so far")
     return k
 
 
 def read_obj(path, require_faces: bool = True) -> ObjMesh:
-    """Parses `path`; raises ValueError naming the file, line and field for malformed content."""
+    """Parses `path`; raises TemplateError naming the file, line and field for malformed content."""
     path = pathlib.Path(path)
     verts, uvs, faces, fuvs, group_of_face = [], [], [], [], []
     group, has_uv = "default", None
@@ -47,23 +49,23 @@ def read_obj(path, require_faces: bool = True) -> ObjMesh:
                 try:
                     values = [float(x) for x in parts[1:1 + n]]
                 except ValueError:
-                    raise ValueError(f"{path}:{lineno}: {key}: not a number in {line.strip()!r}") from None
+                    raise TemplateError(f"{path}:{lineno}: {key}: not a number in {line.strip()!r}") from None
                 if len(values) < n:
-                    raise ValueError(f"{path}:{lineno}: {key}: expected {n} numbers, got {len(values)}")
+                    raise TemplateError(f"{path}:{lineno}: {key}: expected {n} numbers, got {len(values)}")
                 if not np.all(np.isfinite(values)):
-                    raise ValueError(f"{path}:{lineno}: {key}: non-finite value in {line.strip()!r}")
+                    raise TemplateError(f"{path}:{lineno}: {key}: non-finite value in {line.strip()!r}")
                 (verts if key == "v" else uvs).append(values)
             elif key in ("g", "o"):
                 group = parts[1] if len(parts) > 1 else "default"
             elif key == "f":
                 corners = [c.split("/") for c in parts[1:]]
                 if len(corners) < 3:
-                    raise ValueError(f"{path}:{lineno}: face has {len(corners)} corners, needs at least 3")
+                    raise TemplateError(f"{path}:{lineno}: face has {len(corners)} corners, needs at least 3")
                 this_uv = all(len(c) > 1 and c[1] for c in corners)
                 if has_uv is None:
                     has_uv = this_uv
                 elif has_uv != this_uv:
-                    raise ValueError(f"{path}:{lineno}: face {'has' if this_uv else 'lacks'} texture indices "
+                    raise TemplateError(f"{path}:{lineno}: face {'has' if this_uv else 'lacks'} texture indices "
                                      f"while earlier faces {'lack' if this_uv else 'have'} them")
                 vi = [_index(c[0], len(verts), path, lineno, "vertex") for c in corners]
                 ti = [_index(c[1], len(uvs), path, lineno, "texture coordinate") for c in corners] if this_uv else []
@@ -72,9 +74,9 @@ def read_obj(path, require_faces: bool = True) -> ObjMesh:
                     fuvs.append([ti[0], ti[k], ti[k + 1]] if this_uv else [0, 0, 0])
                     group_of_face.append(group)
     if not verts:
-        raise ValueError(f"{path}: no vertices ('v' lines)")
+        raise TemplateError(f"{path}: no vertices ('v' lines)")
     if not faces and require_faces:
-        raise ValueError(f"{path}: no faces ('f' lines)")
+        raise TemplateError(f"{path}: no faces ('f' lines)")
     names = np.asarray(group_of_face)
     groups = {g: np.flatnonzero(names == g).astype(np.int32) for g in dict.fromkeys(group_of_face)}
     return ObjMesh(np.asarray(verts, np.float64), np.asarray(uvs, np.float64).reshape(-1, 2),
@@ -120,9 +122,9 @@ def read_obj_vertices(path) -> np.ndarray:
     try:
         v = np.array(" ".join(rows).split(), np.float64)
     except ValueError:
-        raise ValueError(f"{path}: v: a vertex line holds something that is not a number") from None
+        raise TemplateError(f"{path}: v: a vertex line holds something that is not a number") from None
     if v.size % 3 or len(v) // 3 != len(rows):
-        raise ValueError(f"{path}: v: every vertex line must hold exactly 3 numbers")
+        raise TemplateError(f"{path}: v: every vertex line must hold exactly 3 numbers")
     if not np.all(np.isfinite(v)):
-        raise ValueError(f"{path}: v: vertex {int(np.flatnonzero(~np.isfinite(v))[0]) // 3} is not finite")
+        raise TemplateError(f"{path}: v: vertex {int(np.flatnonzero(~np.isfinite(v))[0]) // 3} is not finite")
     return v.reshape(-1, 3)

@@ -6,6 +6,8 @@ import hashlib
 
 import numpy as np
 
+from headsup_jax.errors import TemplateError
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class HeadTemplate:
@@ -52,7 +54,7 @@ class HeadTemplate:
 
 
 def _fail(template_name: str, field: str, message: str):
-    raise ValueError(f"{template_name}: {field}: {message}")
+    raise TemplateError(f"{template_name}: {field}: {message}")
 
 
 def _check_finite(name: str, field: str, a: np.ndarray) -> None:
@@ -70,7 +72,7 @@ def _check_shape(name: str, field: str, a, shape: tuple) -> None:
 
 
 def validate(t: HeadTemplate) -> None:
-    """Raises ValueError naming the template and the field when the template is inconsistent."""
+    """Raises TemplateError naming the template and the field when the template is inconsistent."""
     n = t.name
     _check_shape(n, "vertices", t.vertices, (None, 3))
     V = t.vertices.shape[0]

@@ -1,39 +1,57 @@
-"""The `headsup` command. Each command group lives beside the code it drives and registers itself here."""
+"""The `headsup` command. Each command group lives beside the code it drives and registers itself here.
+
+Input errors (`headsup_jax.errors.InputError`, a missing file) print one line `headsup: error: ...` and exit 2,
+as argparse does for bad arguments; anything else is a bug and keeps its traceback.
+"""
 import argparse
 import importlib
 import sys
 
-# group name -> module exposing `register(subparsers)`; imported only when needed (keeps --help fast).
+from headsup_jax.errors import InputError
+
+DESCRIPTION = """\
+headsup-jax: feed-forward 3D Gaussian heads from calibrated multi-view captures (HeadsUp, in JAX).
+Train a model on capture folders or synthetic subjects, evaluate it on held-out identities, and
+prepare or inspect the data and head templates it needs."""
+EPILOG = "Run `headsup COMMAND --help` for a command's options (`headsup train --helpfull` for train/eval)."
+# group name -> (module exposing `register(subparsers)`, one-line help); imported only when used
 COMMAND_GROUPS = {
-    "render": "headsup_jax.render.cli",
-    "template": "headsup_jax.geometry.cli",
-    "data": "headsup_jax.data.cli",
-    "lpips": "headsup_jax.model.lpips_cli",
+    "render": ("headsup_jax.render.cli", "render demo scenes with the Gaussian rasteriser"),
+    "template": ("headsup_jax.geometry.cli", "look at a head template, its UV atlas and anchored Gaussians"),
+    "data": ("headsup_jax.data.cli", "validate, build, generate and inspect capture data"),
+    "lpips": ("headsup_jax.model.lpips_cli", "convert LPIPS (VGG16) weights for the perceptual loss"),
 }
 # commands with absl flags of their own (`headsup train --config=... --config.x=y`): module exposing main(argv)
 ABSL_COMMANDS = {
-    "train": "headsup_jax.train.cli",
-    "eval": "headsup_jax.train.cli",
+    "train": ("headsup_jax.train.cli", "train a model from a config file (absl flags: headsup train --helpfull)"),
+    "eval": ("headsup_jax.train.cli", "evaluate a trained run on held-out subjects (absl flags: --helpfull)"),
 }
 
 
-def build_parser(groups=COMMAND_GROUPS) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="headsup", description=__doc__)
-    sub = parser.add_subparsers(dest="group", required=True)
-    for name in ABSL_COMMANDS:
-        sub.add_parser(name, help=f"{name} (absl flags: headsup {name} --helpfull)")
-    for name, module in groups.items():
-        group = sub.add_parser(name, help=f"{name} commands")
-        importlib.import_module(module).register(group.add_subparsers(dest="command", required=True))
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="headsup", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+    for name, (_, help_text) in ABSL_COMMANDS.items():
+        sub.add_parser(name, help=help_text)
+    for name, (module, help_text) in COMMAND_GROUPS.items():
+        group = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).register(group.add_subparsers(dest="command", required=True,
+                                                                      metavar="COMMAND"))
     return parser
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ABSL_COMMANDS:
-        return int(importlib.import_module(ABSL_COMMANDS[argv[0]]).main(argv) or 0)
-    args = build_parser().parse_args(argv)
-    return int(args.run(args) or 0)
+    try:
+        if argv and argv[0] in ABSL_COMMANDS:
+            return int(importlib.import_module(ABSL_COMMANDS[argv[0]][0]).main(argv) or 0)
+        args = build_parser().parse_args(argv)
+        return int(args.run(args) or 0)
+    except (InputError, FileNotFoundError) as e:
+        message = " ".join(str(e).splitlines())
+        print(f"headsup: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

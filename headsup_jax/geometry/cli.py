@@ -12,7 +12,7 @@ def register(sub) -> None:
     preview.add_argument("--resolution", type=int, default=256, help="atlas resolution R (32 to 1024)")
     preview.add_argument("--image-size", type=int, default=256, help="size of each rendered view in pixels")
     preview.add_argument("--cache-dir", default=None, help="where to cache atlases (default: no cache)")
-    preview.add_argument("--out", default="outputs/template_preview.png")
+    preview.add_argument("--out", default="outputs/template_preview.png", help="PNG to write")
     preview.set_defaults(run=run_preview)
 
 

@@ -7,7 +7,7 @@ def register(sub) -> None:
                                              "(needs torch)")
     convert.add_argument("--vgg", required=True, help="torchvision vgg16 state_dict, e.g. vgg16-397923af.pth")
     convert.add_argument("--lin", required=True, help="lpips v0.1 linear layers, lpips/weights/v0.1/vgg.pth")
-    convert.add_argument("--out", default="lpips_vgg.safetensors")
+    convert.add_argument("--out", default="lpips_vgg.safetensors", help="safetensors file to write")
     convert.set_defaults(run=run_convert)
 
 

@@ -6,10 +6,11 @@ import pathlib
 
 def register(sub) -> None:
     demo = sub.add_parser("demo", help="render a head-like Gaussian scene from 4 views to one PNG")
-    demo.add_argument("--out", default="outputs/demo.png")
-    demo.add_argument("--gaussians", type=int, default=20000)
-    demo.add_argument("--resolution", type=int, default=256)
-    demo.add_argument("--backend", default="auto", choices=["auto", "xla", "pallas"])
+    demo.add_argument("--out", default="outputs/demo.png", help="PNG to write")
+    demo.add_argument("--gaussians", type=int, default=20000, help="Gaussians in the scene")
+    demo.add_argument("--resolution", type=int, default=256, help="size of each view in pixels")
+    demo.add_argument("--backend", default="auto", choices=["auto", "xla", "pallas"],
+                      help="rasteriser backend (auto: pallas on TPU / Hopper GPUs, xla elsewhere)")
     demo.set_defaults(run=run_demo)
 
 

@@ -28,6 +28,9 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require={
+        # accelerator builds of jaxlib (the default install is CPU-only): pip install -e ".[tpu]" or ".[cuda12]"
+        "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+        "cuda12": ["jax[cuda12]>=0.10.2,<0.11"],
         # torch is pinned to the CPU build on the machines we test on: an unpinned torch pulls CUDA wheels.
         "test": ["pytest>=8", "pytest-xdist>=3.6", "torch==2.13.0", "gsplat==1.5.3"],
     },

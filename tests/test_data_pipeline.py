@@ -111,6 +111,19 @@ def test_bad_records_are_skipped_and_counted(dataset):
     assert {p.field.split(".")[-1] for p in it.recent_problems} == {"data", "K", "world_to_cam"}
 
 
+def test_skewed_K_is_skipped_and_counted(dataset):
+    bad = [dict(r) for r in _records(dataset)]
+    bad[0]["K"] = bad[0]["K"].copy()
+    bad[0]["K"][:, 0, 1] = 0.5  # skew: the projection would ignore it
+    cfg = PipelineConfig(batch_size=1, views=CFG.views, num_epochs=1, shuffle=False)
+    it = make_pipeline(bad, cfg, seed=0, shard_options=ONE_SHARD)
+    subjects = [b["subject"][0].decode() for b in it]
+    assert len(subjects) == len(bad) - 1 and bad[0]["subject"].decode() not in subjects
+    assert it.metrics["skipped"] == 1
+    (problem,) = it.recent_problems
+    assert problem.subject == bad[0]["subject"].decode() and problem.field.endswith(".K") and "skew" in problem.message
+
+
 def test_fail_fast_names_subject_and_file(dataset):
     bad, _ = _corrupt(_records(dataset))
     cfg = PipelineConfig(batch_size=1, views=CFG.views, shuffle=False, fail_fast=True)
@@ -162,6 +175,22 @@ def test_two_jax_processes_get_disjoint_shards_covering_the_split(dataset):
     train = dataset_metadata(dataset)["subjects"]["train"]
     assert len(shards[0]) == len(shards[1]) == 3 and not set(shards[0]) & set(shards[1])
     assert sorted(shards[0] + shards[1]) == sorted(train)
+
+
+def test_unmasked_subjects_are_refused_without_the_background_model(dataset):
+    from headsup_jax.train.config import size_config
+    from headsup_jax.train.data import model_inputs, require_masks
+
+    config = size_config("tiny")
+    cfg = PipelineConfig(batch_size=6, views=CFG.views, num_epochs=1, shuffle=False)
+    batch = next(make_pipeline(load_source(dataset, "train"), cfg, seed=0, shard_options=ONE_SHARD))
+    assert model_inputs(batch)["has_masks"].tolist() == [s != b"s03" for s in batch["subject"]]
+    with pytest.raises(ValueError, match=r"subjects \['s03'\] have no masks.*config\.background\.enabled=True"):
+        require_masks(batch, config)
+    require_masks({k: v[batch["subject"] != b"s03"] for k, v in batch.items() if k in ("subject", "has_masks")},
+                  config)  # the masked subjects alone pass
+    config.background.enabled = True
+    require_masks(batch, config)  # the background model explains the unmasked frames
 
 
 def test_captures_without_masks_get_full_masks(dataset):

@@ -18,7 +18,7 @@ from headsup_jax.render.cameras import look_at_matrix
 from headsup_jax.train.config import size_config
 from headsup_jax.train.evaluate import evaluate_batch
 from headsup_jax.train.experiment import build_experiment
-from headsup_jax.train.objective import feature_maps, objective
+from headsup_jax.train.objective import feature_maps, objective, render_views
 
 H, W = 96, 72
 
@@ -93,8 +93,9 @@ def random_batch(seed=0, B=1, N=2, M=2, h=64, w=48):
             "target_masks": rng.random((B, M, h, w)) < 0.5}
 
 
-def jitted_objective(experiment, extra=None):
-    """jit of (batch) -> (loss, (terms, renders, target), extra(model, supervision, batch))."""
+def jitted_objective(experiment, extra=None, state=None):
+    """jit of (batch) -> (loss, (terms, renders, target), extra(model, supervision, batch)) at `state`
+    (default: the experiment's initial state)."""
     supervision_def, supervision_state = nnx.split(experiment.supervision)
 
     @jax.jit
@@ -104,7 +105,8 @@ def jitted_objective(experiment, extra=None):
         out = objective(model, supervision, batch, experiment.config)
         return out, (extra(model, supervision, batch) if extra else None)
 
-    return lambda batch: run(experiment.state, supervision_state, jax.tree.map(jnp.asarray, batch))
+    state = experiment.state if state is None else state
+    return lambda batch: run(state, supervision_state, jax.tree.map(jnp.asarray, batch))
 
 
 def test_region_weights_scale_the_image_losses_where_eyes_and_mouth_land():
@@ -168,3 +170,38 @@ def test_lpips_weight_without_network_is_a_clear_error():
     with pytest.raises(ValueError, match="lpips_weights"):
         jitted_objective(experiment)(random_batch())
 
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_mask_loss_counts_only_records_with_masks(background):
+    """Record 0 has masks, record 1 none (all-ones masks, as the pipeline gives): the mask term is the
+    NumPy mean |head alpha - mask| over record 0 alone, and no gradient of it reaches record 1's inputs."""
+    config = size_config("tiny")
+    config.template = "procedural"
+    config.background.update(enabled=background, num_gaussians=256)
+    config.loss.update(regions=dict(eyes=0.0, mouth=0.0))
+    experiment = build_experiment(config)
+    batch = random_batch(2, B=2)
+    batch["target_masks"][1] = True
+    batch["has_masks"] = np.array([True, False])
+
+    def head_alpha_and_grad(model, supervision, batch):
+        ic, tc = batch["input_cameras"], batch["target_cameras"]
+        gaussians, _ = model(batch["inputs"], ic["K"], ic["world_to_cam"])
+        head = jax.tree.map(lambda x: x[:, :model.num_gaussians], gaussians)
+        alpha = render_views(head, tc["K"], tc["world_to_cam"], 64, 48, jnp.zeros(3), config.render).alpha
+        term = lambda inputs: objective(model, supervision, {**batch, "inputs": inputs}, config)[1][0]["mask"]  # noqa: E731
+        return alpha, jax.grad(term)(batch["inputs"])
+
+    # the zero-initialised decoder head ignores the inputs: give every all-zero parameter small values
+    rng = np.random.default_rng(0)
+    state = jax.tree.map(lambda x: x + 1e-2 * rng.standard_normal(x.shape).astype(x.dtype)
+                         if jnp.issubdtype(x.dtype, jnp.floating) and not jnp.any(x) else x, experiment.state)
+    (_, (terms, renders, _)), (alpha, grad) = jitted_objective(experiment, head_alpha_and_grad, state)(batch)
+    alpha, grad = np.asarray(alpha, np.float64), np.asarray(grad)  # [B, M, H, W], [B, N, H, W, 3]
+    want = np.abs(alpha[0] - batch["target_masks"][0]).mean()
+    np.testing.assert_allclose(float(terms["mask"]), want, rtol=1e-5)
+    assert abs(np.abs(alpha - batch["target_masks"]).mean() - want) > 1e-2  # record 1 would change it
+    if background:  # the sphere covers the frame, so the silhouette must come from the head alone
+        assert np.asarray(renders.alpha).min() > 0.9 and alpha.mean() < 0.8
+    assert np.abs(grad[0]).max() > 0 and np.abs(grad[1]).max() == 0

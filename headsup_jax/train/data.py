@@ -17,7 +17,7 @@ def template_spec(config) -> str:
     return "ict" if ict_path().exists() else "procedural"
 
 
-MODEL_KEYS = ("inputs", "input_cameras", "targets", "target_cameras", "target_masks")
+MODEL_KEYS = ("inputs", "input_cameras", "targets", "target_cameras", "target_masks", "has_masks")
 
 
 def dataset_dir(config, workdir, sync: bool = False) -> pathlib.Path:
@@ -78,8 +78,21 @@ def train_iterator(config, workdir, seed: int | None = None):
 
 
 def model_inputs(batch: dict) -> dict:
-    """The arrays the train step consumes (drops names and flags)."""
-    return {k: batch[k] for k in MODEL_KEYS}
+    """The arrays the train step consumes (drops the subject names). Without "has_masks" (a hand-made
+    batch) the objective takes every record to have masks."""
+    return {k: batch[k] for k in MODEL_KEYS if k in batch}
+
+
+def require_masks(batch: dict, config) -> None:
+    """Raises ValueError naming the subjects of a batch that have no masks when the background model is
+    off: their targets cannot be composited on the backdrop and the mask loss would pull alpha to 1."""
+    if config.background.enabled:
+        return
+    missing = sorted({s.decode() if isinstance(s, bytes) else str(s)
+                      for s, has in zip(batch["subject"], batch["has_masks"]) if not has})
+    if missing:
+        raise ValueError(f"subjects {missing} have no masks/ folder: with config.background.enabled=False "
+                         "training needs a mask per camera; add masks or set config.background.enabled=True")
 
 
 def eval_batch(config, workdir, split: str, num_subjects: int, num_targets: int) -> dict:

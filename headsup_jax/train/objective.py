@@ -41,6 +41,13 @@ def composite_on_background(images, masks, background):
     return images * masks + background * (1.0 - masks)
 
 
+def mask_weights(batch: dict, shape) -> jax.Array:
+    """batch["has_masks"] [B] (all True when absent) as 0/1 mask-loss weights broadcast to `shape` [B, ...]."""
+    has = batch.get("has_masks")
+    has = jnp.ones(shape[:1], jnp.float32) if has is None else jnp.asarray(has, jnp.float32)
+    return jnp.broadcast_to(has.reshape(has.shape + (1,) * (len(shape) - 1)), shape)
+
+
 def feature_maps(gaussians, feature_texels, K, world_to_cam, height: int, width: int, render_config):
     """Where the eyes and mouth land in each view: the Gaussians [B, G (+ background)] rendered with their
     feature membership [G, F] as colour (background Gaussians and the backdrop: 0), no gradient.
@@ -64,9 +71,10 @@ def objective(model, supervision: Supervision, batch: dict, config):
     background = jnp.asarray(config.loss.background, jnp.float32)
     renders = render_views(gaussians, tc["K"], tc["world_to_cam"], H, W, background, config.render)
     mask = batch["target_masks"].astype(jnp.float32)  # [B, M, H, W]
+    has_masks = mask_weights(batch, mask.shape)  # [B, M, H, W]: 0 for records without masks
     if config.background.enabled:  # raw frames: the background model explains what is not head
         target = targets
-    else:  # masked supervision on a known background
+    else:  # masked supervision on a known background (`train.data.require_masks` refuses unmasked data)
         target = composite_on_background(targets, mask, background)
     w = config.loss
     region_weights = jnp.asarray([w.regions[name] for name in FEATURES], jnp.float32)
@@ -81,8 +89,12 @@ def objective(model, supervision: Supervision, batch: dict, config):
         "tv": losses.uv_tv_loss(aux["uv_map"], model.atlas.mask),
         "offset": losses.offset_loss(aux["offsets"]),
     }
-    if not config.background.enabled:  # the sphere would cover the whole silhouette
-        terms["mask"] = losses.mask_l1_loss(renders.alpha, mask)
+    if not config.background.enabled:
+        terms["mask"] = losses.mask_l1_loss(renders.alpha, mask, has_masks)
+    elif w.mask:  # the sphere covers every pixel: the silhouette is the head Gaussians' alpha alone
+        head = jax.tree.map(lambda x: x[:, :model.num_gaussians], gaussians)
+        head_alpha = render_views(head, tc["K"], tc["world_to_cam"], H, W, jnp.zeros(3), config.render).alpha
+        terms["mask"] = losses.mask_l1_loss(head_alpha, mask, has_masks)
     if w.lpips:
         if supervision.lpips is None:
             raise ValueError("config.loss.lpips > 0 needs config.loss.lpips_weights (see `headsup lpips convert`)")

@@ -32,6 +32,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.seed = 0
     c.compute_dtype = "float32" if size == "tiny" else "bfloat16"  # parameters stay float32
     c.template = "auto"  # "auto": the ICT-FaceKit archive when present, else the built-in procedural head
+    c.template_landmarks = ""  # JSON list of 68 vertex indices, for templates without (FLAME, OBJ): eye/mouth losses
     c.atlas_resolution = s["atlas"]
 
     c.model = dict(dim=s["dim"], latent_size=s["latent"], depth=s["depth"], heads=s["heads"], mlp_ratio=4,
@@ -52,7 +53,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         num_inputs=s["views"],
         num_targets=2 if size == "tiny" else 4,
         batch_size=s["batch"],
-        workers=0 if size == "tiny" else 8,
+        workers=0 if size == "tiny" else 8,  # Grain decoding processes per host
+        synthetic_workers=1 if size == "tiny" else 0,  # processes generating synthetic subjects (0: one per core)
         skip_bad_records=True,
     )
     # Tile capacities: ~1.5x the fullest tile of the initial Gaussians (8 orbit views of the procedural and
@@ -69,7 +71,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
                    total_steps=2000 if size == "tiny" else 900_000, b1=0.9, b2=0.99, weight_decay=0.0,
                    clip_norm=1.0, grad_accum=1)
 
-    c.mesh = dict(data=-1, fsdp=1, tensor=1)  # -1: all remaining devices
+    # -1: all remaining devices. l and xl shard parameters and Adam moments over 8 devices (FSDP), the memory
+    # plan of docs/performance.md section 4; on fewer devices pass --config.mesh.fsdp=N.
+    c.mesh = dict(data=-1, fsdp=8 if size in ("l", "xl") else 1, tensor=1)
     # logical axis -> mesh axes; FSDP then shards each parameter's largest free dimension over "fsdp".
     c.sharding_rules = (("batch", ("data", "fsdp")), ("heads", "tensor"), ("mlp", "tensor"))
 

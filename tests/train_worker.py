@@ -6,15 +6,18 @@
     python tests/train_worker.py multihost OUT.npz --coordinator HOST:PORT --num_processes N --process_id I
         N processes (CPU collectives: gloo) train 3 steps on the same global batches, each feeding its
         slice, and write one checkpoint; process 0 saves losses and (gathered) parameters to OUT.npz.
-    python tests/train_worker.py loop OUT.npz --workdir DIR [--stop_at S]
-        headsup_jax.train.loop.train on synthetic data; logs the batches the loop consumed and saves the
-        parameters of the newest checkpoint restored into a new experiment.
+    python tests/train_worker.py loop OUT.npz --workdir DIR [--stop_at S] [--mesh D,F,T] [--images_every K]
+            [--coordinator HOST:PORT --num_processes N --process_id I]
+        headsup_jax.train.loop.train on synthetic data (on several processes with --coordinator); logs the
+        batches the loop consumed and saves the parameters of the newest checkpoint restored into a new
+        experiment.
 Use run_worker() (it sets XLA_FLAGS and a shared persistent compilation cache).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import pathlib
@@ -156,19 +159,27 @@ def _gathered(state):
     return multihost_utils.process_allgather(state, tiled=True)
 
 
-def run_loop(out: str, workdir: str, stop_at: int | None) -> None:
-    """`train.loop.train` of the resume config in `workdir` up to `stop_at`; logs every batch it consumes
-    (subjects and a checksum) and saves the parameters of the newest checkpoint, restored in a new
-    experiment, with the batch log."""
+def run_loop(out: str, workdir: str, stop_at: int | None, mesh=(-1, 1, 1), images_every: int = 0,
+             coordinator: str | None = None, num_processes: int = 1, process_id: int = 0) -> None:
+    """`train.loop.train` of the resume config in `workdir` up to `stop_at` (on `mesh`, image logs every
+    `images_every` steps, several processes with `coordinator`); logs every batch it consumes (subjects
+    and a checksum) and saves the parameters of the newest checkpoint, restored in a new experiment, with
+    the batch log (process 0)."""
     import hashlib
 
+    import jax
     import numpy as np
 
+    if coordinator:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=60)
     from headsup_jax.train import loop
     from headsup_jax.train.checkpoint import Checkpointer
     from headsup_jax.train.experiment import build_experiment
 
-    config = resume_config()
+    data, fsdp, tensor = mesh
+    config = resume_config(data=data, fsdp=fsdp, tensor=tensor)
+    config.log.images_every = images_every
     seen = []
     make_iterator = loop.train_iterator
 
@@ -189,14 +200,17 @@ def run_loop(out: str, workdir: str, stop_at: int | None) -> None:
     loop.train(config, workdir, progress=False, stop_at=stop_at)
     ckpt = Checkpointer(workdir, config.checkpoint.every, config.checkpoint.keep)
     experiment = build_experiment(config, workdir)
-    step, state, data_state = ckpt.restore(experiment.state)
+    step, state = ckpt.restore(experiment.state)
+    data_states = ckpt.data_states(step)
     ckpt.close()
-    np.savez(out, step=step, batches=np.array(seen), data_state=np.array(json.dumps(data_state, sort_keys=True)),
-             **param_arrays(experiment, state))
+    params = param_arrays(experiment, _gathered(state))
+    if jax.process_index() == 0:
+        np.savez(out, step=step, batches=np.array(seen), process_count=data_states[0]["process_count"],
+                 data_state=np.array(json.dumps(data_states[0]["data"], sort_keys=True)), **params)
 
 
-def resume_config():
-    config = tiny_config()
+def resume_config(**mesh):
+    config = tiny_config(**mesh)
     config.data.synthetic_subjects = 8
     config.checkpoint.every = 3
     config.checkpoint.keep = 2
@@ -249,7 +263,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("mode", choices=["steps", "multihost", "loop"])
     p.add_argument("out")
-    p.add_argument("--mesh", default="1,1,1")
+    p.add_argument("--mesh", default="1,1,1")  # loop: "-1,1,1" is its default
+    p.add_argument("--images_every", type=int, default=0)
     p.add_argument("--coordinator")
     p.add_argument("--num_processes", type=int, default=1)
     p.add_argument("--process_id", type=int, default=0)
@@ -258,12 +273,15 @@ def main(argv=None) -> None:
     p.add_argument("--stop_at", type=int)
     a = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("headsup_jax").setLevel(logging.INFO)
     if a.mode == "steps":
         run_steps(a.out, tuple(int(x) for x in a.mesh.split(",")), a.steps)
     elif a.mode == "multihost":
         run_multihost(a.out, a.coordinator, a.num_processes, a.process_id, a.workdir, a.steps)
     else:
-        run_loop(a.out, a.workdir, a.stop_at)
+        run_loop(a.out, a.workdir, a.stop_at, tuple(int(x) for x in a.mesh.split(",")), a.images_every,
+                 a.coordinator, a.num_processes, a.process_id)
 
 
 if __name__ == "__main__":

@@ -1,32 +1,12 @@
-"""File IO shared by the data package: atomic writes and image encode/decode (pillow)."""
+"""File IO of the data package: image encode/decode (pillow) and the atomic writes of headsup_jax.fileio."""
 from __future__ import annotations
 
 import io
-import json
-import os
-import pathlib
-import tempfile
 
 import numpy as np
 from PIL import Image
 
-
-def write_bytes_atomic(path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and `os.replace`."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path, obj) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=1) + "\n").encode())
+from headsup_jax.fileio import write_bytes_atomic, write_json_atomic  # noqa: F401  (re-exported)
 
 
 def encode_png(image: np.ndarray) -> bytes:

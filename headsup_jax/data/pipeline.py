@@ -64,9 +64,11 @@ def _stack(examples: list):
 class DataIterator:
     """Batches from a Grain iterator of processed records; skips and counts bad ones; state get/set."""
 
-    def __init__(self, parent, config: PipelineConfig, seed: int, shard_size: int):
+    def __init__(self, parent, config: PipelineConfig, seed: int, shard_size: int, start: int = 0):
         self._parent, self._config, self._seed, self._shard_size = parent, config, seed, shard_size
+        self._start = start  # records of this shard's (shuffled, repeated) sequence skipped at creation
         self._counts = {"batches": 0, "examples": 0, "skipped": 0}
+        self._read = 0  # records read since `start` (good and bad)
         self.recent_problems = collections.deque(maxlen=10)
 
     def __iter__(self):
@@ -75,6 +77,7 @@ class DataIterator:
     def _next_good(self) -> dict:
         for _ in range(self._shard_size):
             example = next(self._parent)
+            self._read += 1
             if "_bad" not in example:
                 return example
             problem = Problem(**example["_bad"])
@@ -103,16 +106,25 @@ class DataIterator:
         return dict(self._counts)
 
     def get_state(self) -> dict:
-        return {"grain": self._parent.get_state(), "counts": dict(self._counts)}
+        return {"grain": self._parent.get_state(), "counts": dict(self._counts), "start": self._start,
+                "read": self._read}
 
     def set_state(self, state: dict) -> None:
+        """Resumes from `get_state()` of an iterator made with the same config, seed, shard and start."""
+        if state.get("start", 0) != self._start:
+            raise ValueError(f"data state was saved by an iterator starting at record {state.get('start', 0)}, "
+                             f"this one starts at {self._start}: make it with start={state.get('start', 0)}")
         self._parent.set_state(state["grain"])
         self._counts = dict(state["counts"])
+        self._read = state.get("read", 0)
 
 
 def make_pipeline(source, config: PipelineConfig, seed: int,
-                  shard_options: grain.sharding.ShardOptions | None = None) -> DataIterator:
-    """A batch iterator over this process's shard of `source` (default: `ShardByJaxProcess`)."""
+                  shard_options: grain.sharding.ShardOptions | None = None, start: int = 0) -> DataIterator:
+    """A batch iterator over this process's shard of `source` (default: `ShardByJaxProcess`).
+
+    `start` skips that many records of the shard's shuffled, repeated sequence (a data position carried
+    over from a run on another number of processes)."""
     if any(n > config.views.num_inputs or n < 1 for n in config.input_bucket):
         raise ValueError(f"input_bucket {config.input_bucket} must lie in [1, {config.views.num_inputs}]")
     shard = shard_options or grain.sharding.ShardByJaxProcess(drop_remainder=True)
@@ -126,13 +138,15 @@ def make_pipeline(source, config: PipelineConfig, seed: int,
     if config.shuffle:
         ds = ds.shuffle(seed=shard_seed)
     ds = ds.repeat(config.num_epochs).random_map(functools.partial(_process, spec=config.views), seed=shard_seed)
+    if start:
+        ds = ds[start:]
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=16))
     if config.worker_count > 0:
         _mark_flags_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_count,
                                                          per_worker_buffer_size=config.worker_buffer_size),
                             worker_init_fn=_mark_flags_parsed)
-    return DataIterator(iter(it), config, shard_seed, shard_size)
+    return DataIterator(iter(it), config, shard_seed, shard_size, start)
 
 
 def batch_cameras(batch: dict, which: str = "target"):

@@ -1,26 +1,29 @@
-"""Training data from the config: synthetic subjects generated on first use, or a built dataset."""
+"""Training data from the config: synthetic subjects generated on first use, or a built dataset.
+
+Paths are etils.epath paths: a workdir or dataset may be a local folder or a bucket URI (gs://...)."""
 from __future__ import annotations
 
-import pathlib
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
 
 import jax
+import numpy as np
+from etils import epath
 
-from headsup_jax.data.pipeline import PipelineConfig, make_pipeline
+from headsup_jax.data.pipeline import DataIterator, PipelineConfig, make_pipeline
 from headsup_jax.data.views import ViewSpec
+from headsup_jax.fileio import write_text_atomic
 
-def template_spec(config) -> str:
-    """config.template, with "auto" resolved: the ICT-FaceKit archive when present, else procedural."""
-    if config.template != "auto":
-        return config.template
-    from headsup_jax.geometry.loaders import ict_path
-
-    return "ict" if ict_path().exists() else "procedural"
-
+log = logging.getLogger(__name__)
 
 MODEL_KEYS = ("inputs", "input_cameras", "targets", "target_cameras", "target_masks", "has_masks")
 
 
-def dataset_dir(config, workdir, sync: bool = False) -> pathlib.Path:
+def dataset_dir(config, workdir, sync: bool = False) -> epath.Path:
     """The TFDS dataset folder of `config.data.source`; synthetic data is generated and built once.
 
     `sync` (every process calls it, e.g. for the train iterator): process 0 generates the data while the
@@ -28,8 +31,8 @@ def dataset_dir(config, workdir, sync: bool = False) -> pathlib.Path:
     builds its own copy, which is identical (generated from config.seed)."""
     d = config.data
     if d.source != "synthetic":
-        return pathlib.Path(d.source)
-    root = pathlib.Path(workdir) / "data"
+        return epath.Path(d.source)
+    root = epath.Path(workdir) / "data"
     done = root / "BUILT"
     if jax.process_index() == 0 and not done.exists():
         _generate(config, root)
@@ -42,20 +45,56 @@ def dataset_dir(config, workdir, sync: bool = False) -> pathlib.Path:
     if not done.exists():
         raise RuntimeError(f"process {jax.process_index()}: generate the synthetic data first "
                            f"(process 0 writes {done}; run it alone once, or point data.source at a dataset)")
-    return pathlib.Path(done.read_text())
+    return epath.Path(done.read_text().strip())
 
 
-def _generate(config, root: pathlib.Path) -> None:
+def _generate(config, root: epath.Path) -> None:
+    """Generates config.data.synthetic_subjects subjects and builds their TFDS dataset under `root`.
+    Says what it does and, after the first subject, how long the rest will take. The capture folders
+    stay under root/captures for a local root; for a bucket they are staged on local disk and removed."""
     from headsup_jax.data.synth import SynthConfig, generate
     from headsup_jax.data.tfds_builder import build_dataset
+    from headsup_jax.train.workdir import resolve_template
 
     d = config.data
-    height = max(d.image_size[0], 64)
-    generate(root / "captures", d.synthetic_subjects,
-             SynthConfig(rig=d.rig, resolution=height, seed=config.seed, template=template_spec(config)),
-             workers=max(d.workers, 1))
-    path = build_dataset(root / "captures", root / "tfds", split_seed=config.seed)
-    (root / "BUILT").write_text(str(path))
+    n = d.synthetic_subjects
+    workers = d.get("synthetic_workers", 1) or os.cpu_count() or 1
+    synth = SynthConfig(rig=d.rig, resolution=max(d.image_size[0], 64), seed=config.seed,
+                        template=resolve_template(config).template)
+    remote = "://" in str(root)
+    captures = epath.Path(tempfile.mkdtemp(prefix="headsup_synth_")) if remote else root / "captures"
+    log.info("first run: generating %d synthetic subjects (%s template, %s rig, %d px, %d worker(s)) into %s, "
+             "then building the dataset in %s", n, synth.template, synth.rig, synth.resolution, workers, captures,
+             root / "tfds")
+    t0 = time.perf_counter()
+    generate(captures, 1, synth, workers=1, progress=False)
+    per_subject = time.perf_counter() - t0
+    if n > 1:
+        log.info("the first subject took %.1f s (set-up included): about %s for the other %d with %d worker(s)",
+                 per_subject, _duration(per_subject * (n - 1) / workers), n - 1, workers)
+        generate(captures, n - 1, synth, workers=workers, start=1)
+    path = build_dataset(captures, root / "tfds", split_seed=config.seed)
+    write_text_atomic(root / "BUILT", str(path))
+    if remote:
+        shutil.rmtree(captures)
+    log.info("synthetic data ready in %s (%s)", path, _duration(time.perf_counter() - t0))
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds > 5400 else f"{math.ceil(seconds / 60)} min"
+
+
+def split_sizes(dataset) -> dict[str, int]:
+    """Examples per split of a built dataset."""
+    import tensorflow_datasets as tfds
+
+    return {name: info.num_examples for name, info in tfds.builder_from_directory(str(dataset)).info.splits.items()}
+
+
+def held_out_split(dataset) -> str | None:
+    """The split the train loop logs renders of: validation, else test, else None (neither exists)."""
+    sizes = split_sizes(dataset)
+    return next((s for s in ("validation", "test") if sizes.get(s, 0) > 0), None)
 
 
 def view_spec(config, num_targets: int | None = None) -> ViewSpec:
@@ -64,8 +103,9 @@ def view_spec(config, num_targets: int | None = None) -> ViewSpec:
                     width=d.image_size[1])
 
 
-def train_iterator(config, workdir, seed: int | None = None):
-    """This process's batch iterator over the train split (batch_size is per process)."""
+def train_iterator(config, dataset, seed: int | None = None, start: int = 0) -> DataIterator:
+    """This process's batch iterator over the train split of `dataset` (batch_size is per process);
+    `start` skips records of this process's sequence (see `resume_position`)."""
     from headsup_jax.data.tfds_builder import load_source
 
     d = config.data
@@ -73,8 +113,35 @@ def train_iterator(config, workdir, seed: int | None = None):
         raise ValueError(f"data.batch_size {d.batch_size} is not divisible by {jax.process_count()} processes")
     pipeline = PipelineConfig(batch_size=d.batch_size // jax.process_count(), views=view_spec(config),
                               worker_count=d.workers, fail_fast=not d.skip_bad_records)
-    source = load_source(dataset_dir(config, workdir, sync=True), "train")
-    return make_pipeline(source, pipeline, seed=config.seed if seed is None else seed)
+    return make_pipeline(load_source(dataset, "train"), pipeline, seed=config.seed if seed is None else seed,
+                         start=start)
+
+
+def resume_position(records: list[dict], where: str) -> tuple[int, dict | None]:
+    """Where this process's data continues, from the data records a checkpoint holds (one per process of
+    the run that saved it, see Checkpointer.data_states) -> (start, state to set or None).
+
+    Same process count: this process's own state (the exact next batch). Another count: the data is
+    resharded deterministically: every process starts its own shard's sequence at (records read by all
+    processes of the saved run) // process_count, so the run has seen as much data as before; a warning
+    says so. Records missing for some processes (a workdir on host-local disks) are an error."""
+    n, i = jax.process_count(), jax.process_index()
+    if not records:
+        raise FileNotFoundError(f"{where}: no data state saved with this checkpoint; delete the checkpoint or "
+                                "the workdir to restart")
+    saved = records[0]["process_count"]
+    if [r["process_index"] for r in records] != list(range(saved)):
+        raise FileNotFoundError(f"{where}: the run that saved it had {saved} processes but only the data states of "
+                                f"processes {[r['process_index'] for r in records]} are readable here "
+                                "(is the workdir on a disk every host shares?)")
+    if saved == n:
+        state = records[i]["data"]
+        return state.get("start", 0), state
+    read = sum(r["data"].get("start", 0) + r["data"].get("read", 0) for r in records)
+    log.warning("%s was saved by %d process(es), this run has %d: resharding the data position "
+                "(%d records read in all; each process starts %d records into its shard)", where, saved, n,
+                read, read // n)
+    return read // n, None
 
 
 def model_inputs(batch: dict) -> dict:
@@ -95,14 +162,22 @@ def require_masks(batch: dict, config) -> None:
                          "training needs a mask per camera; add masks or set config.background.enabled=True")
 
 
-def eval_batch(config, workdir, split: str, num_subjects: int, num_targets: int) -> dict:
-    """One deterministic batch of the first `num_subjects` subjects of a split (all on this process)."""
+def eval_batches(config, workdir_or_dataset, split: str, num_subjects: int, num_targets: int,
+                 batch_size: int | None = None):
+    """Deterministic batches (of config.data.batch_size) of the first `num_subjects` records of a split,
+    each whole on every process; a record's views do not depend on the batch size.
+    `workdir_or_dataset`: a run's workdir or a built dataset's folder."""
     import grain
 
     from headsup_jax.data.tfds_builder import load_source
 
-    source = load_source(dataset_dir(config, workdir), split)
+    root = epath.Path(workdir_or_dataset)
+    dataset = root if (root / "dataset_info.json").exists() else dataset_dir(config, root)
+    source = load_source(dataset, split)
     n = min(num_subjects, len(source))
-    pipeline = PipelineConfig(batch_size=n, views=view_spec(config, num_targets), shuffle=False, num_epochs=1)
+    pipeline = PipelineConfig(batch_size=1, views=view_spec(config, num_targets), shuffle=False, num_epochs=1)
     it = make_pipeline(source, pipeline, seed=12345, shard_options=grain.sharding.NoSharding())
-    return next(it)
+    size = batch_size or config.data.batch_size
+    for first in range(0, n, size):
+        records = [next(it) for _ in range(min(size, n - first))]  # each [1, ...]
+        yield jax.tree.map(lambda *x: np.concatenate(x), *records)

@@ -1,22 +1,31 @@
 """Evaluation on held-out identities and novel views: metrics JSON and an image grid."""
 from __future__ import annotations
 
+import io
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from headsup_jax.geometry import anchor
 from headsup_jax.render.sh import rgb_to_sh
-from headsup_jax.train.data import eval_batch, model_inputs
+from headsup_jax.train.data import eval_batches, model_inputs
 from headsup_jax.train.metrics import image_metrics
 from headsup_jax.train.objective import composite_on_background, objective, render_views
 
 
 _COMPILED = {}  # id(experiment) -> jitted evaluation (one compilation per run, not per call)
+
+
+def replicated(tree, mesh):
+    """Host arrays (the same on every process) -> global arrays replicated over `mesh`."""
+    sharding = NamedSharding(mesh, PartitionSpec())
+    return jax.tree.map(lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda i: np.asarray(x)[i]),
+                        tree)
 
 
 def _eval_fn(experiment):
@@ -30,16 +39,25 @@ def _eval_fn(experiment):
             metrics = image_metrics(renders.rgb, target, batch["target_masks"], lpips=supervision.lpips)
             return metrics, renders.rgb, target
 
-        jitted = jax.jit(run)
+        # outputs replicated: every process can read them (the state may be sharded over several processes)
+        jitted = jax.jit(run, out_shardings=NamedSharding(experiment.mesh, PartitionSpec()))
         _COMPILED[id(experiment)] = (experiment, lambda state, batch: jitted(state, batch, supervision_state))
     return _COMPILED[id(experiment)][1]
 
 
 def evaluate_batch(experiment, state, batch: dict) -> dict:
     """Renders the target views of one batch -> {"metrics": name -> [B, M] (psnr, ssim; lpips when
-    config.loss.lpips_weights names the network), "renders", "targets"}."""
-    metrics, renders, targets = _eval_fn(experiment)(state, jax.tree.map(jnp.asarray, model_inputs(batch)))
+    config.loss.lpips_weights names the network), "renders", "targets"}. With several processes every
+    process must call it (the same batch on each): the state's shards live on all of them."""
+    inputs = replicated(model_inputs(batch), experiment.mesh)
+    metrics, renders, targets = _eval_fn(experiment)(state, inputs)
     return {"metrics": jax.tree.map(np.asarray, metrics), "renders": np.asarray(renders), "targets": np.asarray(targets)}
+
+
+def evaluate_batches(experiment, state, batches) -> dict:
+    """`evaluate_batch` over several batches, concatenated along the subjects."""
+    results = [evaluate_batch(experiment, state, b) for b in batches]
+    return jax.tree.map(lambda *x: np.concatenate(x), *results)
 
 
 def mean_head_colour(batch: dict) -> np.ndarray:
@@ -73,23 +91,26 @@ def image_grid(renders: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def evaluate(config, workdir, split: str = "test", num_subjects: int = 16, num_targets: int = 4) -> dict:
-    """Metrics of the newest checkpoint on `split` -> writes eval_<split>.json and eval_<split>.png."""
+    """Metrics of the newest checkpoint on `split`, in batches of config.data.batch_size -> writes
+    eval_<split>.json and eval_<split>.png."""
     from PIL import Image
 
-    from headsup_jax.data.io import write_bytes_atomic
+    from headsup_jax.fileio import write_bytes_atomic
     from headsup_jax.train.checkpoint import Checkpointer
     from headsup_jax.train.experiment import build_experiment
 
-    workdir = pathlib.Path(workdir)
+    workdir = epath.Path(workdir)
     experiment = build_experiment(config, workdir)
     ckpt = Checkpointer(workdir, config.checkpoint.every, config.checkpoint.keep)
-    step, state, _ = ckpt.restore(experiment.state)
-    batch = eval_batch(config, workdir, split, num_subjects, num_targets)
-    result = evaluate_batch(experiment, state, batch)
+    step, state = ckpt.restore(experiment.state)
+    ckpt.close()
+    result = evaluate_batches(experiment, state, eval_batches(config, workdir, split, num_subjects, num_targets))
     summary = {"step": step, "split": split, "subjects": int(result["renders"].shape[0]),
                **{k: float(np.mean(v)) for k, v in result["metrics"].items()},
                "per_subject": {k: np.mean(v, axis=1).tolist() for k, v in result["metrics"].items()}}
-    write_bytes_atomic(workdir / f"eval_{split}.json", json.dumps(summary, indent=2).encode())
-    Image.fromarray(image_grid(result["renders"], result["targets"])).save(workdir / f"eval_{split}.png")
-    ckpt.close()
+    if jax.process_index() == 0:
+        write_bytes_atomic(workdir / f"eval_{split}.json", json.dumps(summary, indent=2).encode())
+        png = io.BytesIO()
+        Image.fromarray(image_grid(result["renders"], result["targets"])).save(png, format="PNG")
+        write_bytes_atomic(workdir / f"eval_{split}.png", png.getvalue())
     return summary

@@ -1,9 +1,12 @@
-"""The train loop: data -> step -> logs, images, checkpoints. Resumes from `workdir` alone."""
+"""The train loop: data -> step -> logs, images, checkpoints. Resumes from `workdir` alone.
+
+Every process runs the same loop (and the same evaluations: the state's shards live on all of them);
+process 0 alone writes logs. The host reads the step's metrics only at log and checkpoint steps, so
+steps are dispatched without waiting on the device; a non-finite loss is found there and named by step.
+"""
 from __future__ import annotations
 
-import json
 import logging
-import pathlib
 import time
 
 import jax
@@ -11,11 +14,13 @@ import numpy as np
 from tqdm import tqdm
 
 from headsup_jax.train.checkpoint import Checkpointer
-from headsup_jax.train.data import eval_batch, model_inputs, train_iterator
+from headsup_jax.train.data import (dataset_dir, eval_batches, held_out_split, model_inputs, require_masks,
+                                    resume_position, train_iterator)
 from headsup_jax.train.experiment import build_experiment
-from headsup_jax.train.optim import learning_rate
+from headsup_jax.train.optim import step_learning_rate
 from headsup_jax.train.sharding import global_batch
 from headsup_jax.train.step import TrainStep
+from headsup_jax.train.workdir import check_config, check_template, resolve_template, save_config, workdir_path
 
 log = logging.getLogger(__name__)
 
@@ -24,69 +29,87 @@ class NonFiniteLoss(FloatingPointError):
     pass
 
 
-def save_config(config, workdir: pathlib.Path) -> None:
-    """The run's config beside its checkpoints (a resumed run must use the same one)."""
-    path = workdir / "config.json"
-    text = config.to_json_best_effort(indent=2)
-    if path.exists() and json.loads(path.read_text()) != json.loads(text):
-        log.warning("config differs from the one in %s; the new one is used and saved", path)
-    if jax.process_index() == 0:
-        from headsup_jax.data.io import write_bytes_atomic
-
-        write_bytes_atomic(path, text.encode())
-
-
 def train(config, workdir, devices=None, progress: bool = True, stop_at: int | None = None) -> dict:
     """Trains to config.optim.total_steps (resuming from the newest checkpoint) -> last metrics.
 
-    `stop_at`: end this call after that step (checkpointed), e.g. a time-boxed job of a longer run; the
-    learning-rate schedule still follows total_steps, so a resumed run continues as if never stopped."""
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    save_config(config, workdir)
+    `workdir`: a local folder or a bucket URI (gs://...). `stop_at`: end this call after that step
+    (checkpointed), e.g. a time-boxed job of a longer run; the learning-rate schedule still follows
+    total_steps, so a resumed run continues as if never stopped."""
+    workdir = workdir_path(workdir)
+    config = resolve_template(config)
+    check_config(config, workdir)  # before anything is written
     experiment = build_experiment(config, workdir, devices)
-    data = train_iterator(config, workdir)
+    check_template(config, experiment.template, workdir)
+    save_config(config, workdir)
+    dataset = dataset_dir(config, workdir, sync=True)
+    held_out = _held_out_batches(config, dataset)
+
     ckpt = Checkpointer(workdir, config.checkpoint.every, config.checkpoint.keep)
-    state, start = experiment.state, 0
+    state, start, data_start, data_state = experiment.state, 0, 0, None
     if ckpt.latest_step is not None:
-        start, state, data_state = ckpt.restore(experiment.state)
-        if data_state is not None:
-            data.set_state(data_state)
+        start, state = ckpt.restore(experiment.state)
+        data_start, data_state = resume_position(ckpt.data_states(start), f"checkpoint {start} in {ckpt.root}")
         log.info("resumed from step %d", start)
+    data = train_iterator(config, dataset, start=data_start)
+    if data_state is not None:
+        data.set_state(data_state)
+
     step_fn = TrainStep(experiment)
     writer = _writer(workdir)
-    lr = learning_rate(config.optim)
     total = config.optim.total_steps
     end = total if stop_at is None else min(stop_at, total)
-    metrics, skipped, t0, last_log = {}, 0, time.perf_counter(), start
+    pending, skipped, last = [], 0, {}  # pending: (step, device metrics) not yet read on the host
+    t0, last_log = time.perf_counter(), start
     bar = tqdm(range(start, end), initial=start, total=total, disable=not progress or jax.process_index() != 0,
                desc="train", dynamic_ncols=True)
     for step in bar:
-        batch = global_batch(model_inputs(next(data)), experiment.mesh)
-        state, metrics = step_fn(state, batch)
-        loss = float(metrics["loss"])
-        if not np.isfinite(loss):
-            if config.on_nonfinite == "raise":
-                raise NonFiniteLoss(f"step {step + 1}: loss is {loss} ({ {k: float(v) for k, v in metrics.items()} }); "
-                                    f"last good checkpoint: {ckpt.latest_step}")
-            skipped += 1  # optax.apply_if_finite has dropped the update
+        batch = next(data)
+        require_masks(batch, config)
+        state, metrics = step_fn(state, global_batch(model_inputs(batch), experiment.mesh))
         done = step + 1
-        if done % config.log.every == 0 or done == end:
+        pending.append((done, metrics))
+        log_now = done % config.log.every == 0 or done == end
+        if log_now or ckpt.due(done) or done == end:
+            skipped += _check_finite(pending, config, ckpt)
+            last, pending = {k: float(v) for k, v in metrics.items()}, []
+        if log_now:
             dt = time.perf_counter() - t0
-            scalars = {k: float(v) for k, v in metrics.items()}
-            scalars.update(lr=float(lr(done)), step_time=dt / (done - last_log),
+            scalars = dict(last, lr=step_learning_rate(config.optim, done), step_time=dt / (done - last_log),
                            examples_per_s=config.data.batch_size * (done - last_log) / dt, skipped_updates=skipped,
                            gaussians=experiment.atlas.count, bad_records=data.metrics["skipped"])
             _log_scalars(writer, done, scalars)
-            bar.set_postfix(loss=f"{loss:.4f}", l1=f"{scalars['loss/l1']:.4f}")
+            bar.set_postfix(loss=f"{last['loss']:.4f}", l1=f"{last['loss/l1']:.4f}")
             t0, last_log = time.perf_counter(), done
-        if writer and config.log.images_every > 0 and (done % config.log.images_every == 0 or done == end):
-            _log_images(writer, done, experiment, state, config, workdir)
+        if held_out and config.log.images_every > 0 and (done % config.log.images_every == 0 or done == end):
+            _log_images(writer, done, experiment, state, held_out)
         ckpt.save(done, state, data.get_state(), force=done == end)
     ckpt.close()
     if writer:
         writer.close()
-    return {k: float(v) for k, v in metrics.items()}
+    return last
+
+
+def _check_finite(pending, config, ckpt) -> int:
+    """Reads the losses of the steps since the last read -> how many were non-finite (their updates were
+    dropped by optax.apply_if_finite); with on_nonfinite="raise" the first one stops the run."""
+    bad = [(step, m) for step, m in pending if not np.isfinite(float(m["loss"]))]
+    if bad and config.on_nonfinite == "raise":
+        step, m = bad[0]
+        raise NonFiniteLoss(f"step {step}: loss is {float(m['loss'])} ({ {k: float(v) for k, v in m.items()} }); "
+                            f"last good checkpoint: {ckpt.latest_step}")
+    return len(bad)
+
+
+def _held_out_batches(config, dataset) -> list[dict]:
+    """The batches the image logs render: validation identities, else test ones; [] (with a warning)
+    when the dataset has neither or image logs are off."""
+    if config.log.images_every <= 0:
+        return []
+    split = held_out_split(dataset)
+    if split is None:
+        log.warning("%s has no validation or test split: no held-out renders will be logged", dataset)
+        return []
+    return list(eval_batches(config, dataset, split, config.log.eval_subjects, num_targets=2))
 
 
 def _writer(workdir):
@@ -104,13 +127,13 @@ def _log_scalars(writer, step: int, scalars: dict) -> None:
         writer.flush()
 
 
-def _log_images(writer, step, experiment, state, config, workdir) -> None:
-    """Renders vs targets of held-out (validation) identities, one grid image."""
-    from headsup_jax.train.evaluate import evaluate_batch, image_grid
+def _log_images(writer, step, experiment, state, batches) -> None:
+    """Renders vs targets of held-out identities, one grid image. Every process evaluates; process 0 writes."""
+    from headsup_jax.train.evaluate import evaluate_batches, image_grid
 
-    batch = eval_batch(config, workdir, "validation", config.log.eval_subjects, num_targets=2)
-    result = evaluate_batch(experiment, state, batch)
-    writer.add_image("validation/renders_vs_targets", image_grid(result["renders"], result["targets"]), step,
-                     dataformats="HWC")
-    for k, v in result["metrics"].items():
-        writer.add_scalar(f"validation/{k}", float(np.mean(v)), step)
+    result = evaluate_batches(experiment, state, batches)
+    if writer:
+        writer.add_image("validation/renders_vs_targets", image_grid(result["renders"], result["targets"]), step,
+                         dataformats="HWC")
+        for k, v in result["metrics"].items():
+            writer.add_scalar(f"validation/{k}", float(np.mean(v)), step)

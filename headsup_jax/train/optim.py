@@ -1,12 +1,30 @@
-"""The optimizer: Adam/AdamW, linear warm-up + cosine decay, global-norm clipping, optional accumulation."""
+"""The optimizer: Adam/AdamW, linear warm-up + cosine decay, global-norm clipping, optional accumulation.
+
+`optim.total_steps` and `optim.warmup_steps` count train steps (micro-steps with gradient accumulation).
+With `grad_accum = k` the optimizer updates every k steps, and its schedule runs over the updates
+(total_steps // k of them, warm-up warmup_steps // k), so the cosine ends with the run.
+"""
 from __future__ import annotations
 
 import optax
 
 
+def _updates(optim) -> tuple[int, int]:
+    """(updates of the whole run, warm-up updates)"""
+    k = max(optim.grad_accum, 1)
+    return max(optim.total_steps // k, 1), max(optim.warmup_steps // k, 1)
+
+
 def learning_rate(optim) -> optax.Schedule:
-    return optax.warmup_cosine_decay_schedule(0.0, optim.lr, max(optim.warmup_steps, 1),
-                                              max(optim.total_steps, optim.warmup_steps + 1), end_value=0.0)
+    """Learning rate of the n-th optimizer update (n from 0)."""
+    total, warmup = _updates(optim)
+    return optax.warmup_cosine_decay_schedule(0.0, optim.lr, warmup, max(total, warmup + 1), end_value=0.0)
+
+
+def step_learning_rate(optim, step: int) -> float:
+    """The learning rate applied at train step `step` (from 1): that of the update the step completes, or
+    of the update it accumulates towards."""
+    return float(learning_rate(optim)((step - 1) // max(optim.grad_accum, 1)))
 
 
 def make_optimizer(optim, skip_nonfinite: bool = False) -> optax.GradientTransformation:

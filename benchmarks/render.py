@@ -13,26 +13,29 @@ import dataclasses
 import functools
 import math
 import os
+import pathlib
 import statistics
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from headsup_jax.render import project, rasterize
+from headsup_jax.render import rasterize
 from headsup_jax.render.cameras import look_at
 from headsup_jax.render.rasterize import default_capacities
 from headsup_jax.render.scenes import head_scene
-from headsup_jax.render.sh import sh_colors
 from headsup_jax.render.tiles import TileGrid
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+import reference  # noqa: E402  (tests/reference.py: the one dense renderer, shared with the tests)
 
 SIZES = ((128, 4096), (256, 16384), (512, 65536))
 TARGET_SPEEDUP = 20.0  # dense fwd+bwd time / tile fwd+bwd time, at 512x512 with 65536 Gaussians
 TARGET_MEMORY = 5.0  # autodiff fwd+bwd memory / custom-VJP fwd+bwd memory
 CAMERA_EYE, FOV_Y = (0.0, 0.0, 0.6), 30.0  # the head (23 cm tall) fills about 3/4 of the image height
 BACKGROUND = np.ones(3, np.float32)
-MAX_ALPHA, MIN_ALPHA, MIN_TRANSMITTANCE = 0.99, 1.0 / 255.0, 1e-4
 BLOCK_PAIRS = 2**22  # (pixel, Gaussian) pairs per block of the dense rasterizer
 DENSE_PAIRS = 2**28  # (pixel, Gaussian) pairs per timed dense call (about a minute for fwd+bwd on 2 cores)
 DENSE_RUNS, TILE_RUNS = 3, 5
@@ -47,39 +50,11 @@ def log(msg: str) -> None:
 # The dense baseline.
 
 
-def _dense_block(g: jax.Array, xy: jax.Array) -> jax.Array:
-    """Composites pixels `xy` [B, 2] against all depth-sorted Gaussians `g` [P, 10]. -> [5, B]"""
-    mx, my, ca, cb, cc, op = (g[:, i, None] for i in range(6))  # [P, 1]; Gaussians on axis 0
-    dx, dy = mx - xy[None, :, 0], my - xy[None, :, 1]
-    power = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy  # [P, B]
-    alpha = jnp.minimum(MAX_ALPHA, op * jnp.exp(-power))
-    alpha = jnp.where((power < 0) | (alpha < MIN_ALPHA), 0.0, alpha)
-    after = jnp.cumprod(1.0 - alpha, axis=0)  # transmittance after each Gaussian
-    w = jnp.where(after > MIN_TRANSMITTANCE, alpha * after / (1.0 - alpha), 0.0)  # stops before T <= 1e-4
-    acc = g[:, 6:10].T @ w  # [4, B] colour and depth
-    return jnp.concatenate([acc, 1.0 - jnp.sum(w, 0, keepdims=True)], 0)
-
-
 def dense_render(gaussians, camera, rows: tuple[int, int] | None = None):
-    """Every pixel against every Gaussian in depth order, in blocks of pixels (rematerialised in the backward
-    pass, so memory stays at one block). rows: (first, count) renders only that band of pixel rows.
-    Returns rgb [R, W, 3], alpha [R, W], depth [R, W]."""
-    proj = project(gaussians, camera)
-    colors = sh_colors(gaussians, camera.position)
-    opacities = jnp.where(proj.visible, gaussians.opacities, 0.0)
-    g = jnp.concatenate([proj.means2d, proj.conics, opacities[:, None], colors, proj.depths[:, None]], -1)
-    g = g[jnp.argsort(proj.depths, stable=True)]  # [P, 10]
-
-    first, count = rows or (0, camera.height)
-    ys, xs = np.mgrid[first:first + count, 0:camera.width] + 0.5
-    xy = np.stack([xs.ravel(), ys.ravel()], -1).astype(np.float32)  # [N, 2]
-    block = max(8, BLOCK_PAIRS // gaussians.count)
-    n = len(xy)
-    xy = np.concatenate([xy, np.full((-n % block, 2), -1e6, np.float32)]).reshape(-1, block, 2)
-    out = jax.lax.map(jax.checkpoint(lambda b: _dense_block(g, b).T), jnp.asarray(xy))
-    out = out.reshape(-1, 5)[:n].reshape(count, camera.width, 5)
-    rgb = out[..., :3] + out[..., 4:] * BACKGROUND
-    return rgb, 1.0 - out[..., 4], out[..., 3]
+    """The tests' dense reference renderer (tests/reference.py) on the benchmark's background: every pixel
+    against every Gaussian in depth order, in blocks of BLOCK_PAIRS pairs rematerialised in the backward pass.
+    rows: (first, count) renders only that band of pixel rows. Returns rgb [R, W, 3], alpha [R, W], depth [R, W]."""
+    return reference.dense_render(gaussians, camera, BACKGROUND, rows, BLOCK_PAIRS)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,79 +1,84 @@
-"""Independent float64 NumPy references used by the tests (dense: every pixel, every Gaussian)."""
+"""The dense reference renderer of the render tests and benchmarks/render.py: every pixel against every
+Gaussian in depth order with the Inria/gsplat rules, in plain JAX (no tiles, no custom VJP). It is
+differentiable (reference gradients, the benchmark's dense baseline) and runs in float64 under
+`jax.enable_x64` (`reference_image`, the images the tile renderer is checked against)."""
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from headsup_jax.render import project
+from headsup_jax.render.sh import sh_colors
 
-def dense_composite(means2d, conics, opacities, colors, depths, width, height, max_alpha=0.99,
-                    min_alpha=1 / 255, min_transmittance=1e-4, background=None):
-    """Composites every Gaussian at every pixel in depth order with the Inria/gsplat rules.
-
-    Inputs are projected quantities for the Gaussians that pass the depth cull. Returns rgb [H, W, 3],
-    alpha [H, W], depth [H, W] (alpha-weighted), all float64.
-    """
-    means2d, conics, opacities, colors, depths = (np.asarray(a, np.float64) for a in
-                                                  (means2d, conics, opacities, colors, depths))
-    order = np.argsort(depths, kind="stable")
-    ys, xs = np.mgrid[0:height, 0:width]
-    px, py = xs.ravel() + 0.5, ys.ravel() + 0.5
-    trans = np.ones(px.shape)
-    done = np.zeros(px.shape, bool)
-    rgb = np.zeros(px.shape + (3,))
-    depth = np.zeros(px.shape)
-    for g in order:
-        dx, dy = means2d[g, 0] - px, means2d[g, 1] - py
-        a, b, c = conics[g]
-        power = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-        alpha = np.minimum(max_alpha, opacities[g] * np.exp(-power))
-        use = (power >= 0) & (alpha >= min_alpha) & ~done
-        next_t = trans * (1 - alpha)
-        stop = use & (next_t <= min_transmittance)
-        done |= stop
-        use &= ~stop
-        w = np.where(use, alpha * trans, 0.0)
-        rgb += w[:, None] * colors[g]
-        depth += w * depths[g]
-        trans = np.where(use, next_t, trans)
-    if background is not None:
-        rgb += trans[:, None] * np.asarray(background, np.float64)
-    return rgb.reshape(height, width, 3), (1 - trans).reshape(height, width), depth.reshape(height, width)
+MAX_ALPHA, MIN_ALPHA, MIN_TRANSMITTANCE = 0.99, 1 / 255, 1e-4
+TOL = 1e-5  # float32 tile renderer against the float64 reference, per pixel and channel
 
 
-def dense_composite_jax(gaussians, camera, background, max_alpha=0.99, min_alpha=1 / 255, min_transmittance=1e-4,
-                        near_plane=0.01):
-    """The same dense compositing in JAX (a scan over depth-sorted Gaussians), for autodiff references.
+def _composite_block(g: jax.Array, xy: jax.Array) -> jax.Array:
+    """Pixels `xy` [B, 2] against all depth-sorted Gaussians `g` [P, 10]. -> [B, 5] rgb, depth, transmittance"""
+    mx, my, ca, cb, cc, op = (g[:, i, None] for i in range(6))  # [P, 1]
+    dx, dy = mx - xy[None, :, 0], my - xy[None, :, 1]
+    power = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy  # [P, B]
+    alpha = jnp.minimum(MAX_ALPHA, op * jnp.exp(-power))
+    alpha = jnp.where((power >= 0) & (alpha >= MIN_ALPHA), alpha, 0.0)
+    after = jnp.cumprod(1.0 - alpha, axis=0)  # [P, B] transmittance after each Gaussian, non-increasing
+    w = jnp.where(after > MIN_TRANSMITTANCE, alpha * after / (1.0 - alpha), 0.0)  # stops before T reaches 1e-4
+    acc = g[:, 6:10].T @ w  # [4, B] colour and depth
+    return jnp.concatenate([acc, 1.0 - jnp.sum(w, 0, keepdims=True)], 0).T
 
-    Uses the library's projection and SH colours (checked against gsplat separately)."""
-    import jax
-    import jax.numpy as jnp
 
-    from headsup_jax.render import project
-    from headsup_jax.render.sh import sh_colors
+def dense_composite(means2d, conics, opacities, colors, depths, width: int, height: int, background=None,
+                    rows: tuple[int, int] | None = None, block_pairs: int = 2**21):
+    """Composites projected Gaussians (means2d [P, 2], conics [P, 3], opacities [P], colors [P, 3], depths [P])
+    at pixel centres; a Gaussian of opacity 0 contributes nothing (how callers leave one out). Pixels go in
+    blocks of about `block_pairs` (pixel, Gaussian) pairs, rematerialised in the backward pass, so memory is
+    one block. rows: (first, count) renders only that band of rows. -> rgb [R, W, 3], alpha [R, W], depth [R, W]"""
+    g = jnp.concatenate([means2d, conics, opacities[:, None], colors, depths[:, None]], -1)
+    g = g[jnp.argsort(depths, stable=True)]  # [P, 10]
+    first, count = rows or (0, height)
+    ys, xs = np.mgrid[first:first + count, 0:width] + 0.5
+    xy = np.stack([xs.ravel(), ys.ravel()], -1)  # [N, 2]
+    block = max(8, block_pairs // max(g.shape[0], 1))
+    n = len(xy)
+    xy = np.concatenate([xy, np.full((-n % block, 2), -1e6)]).reshape(-1, block, 2).astype(g.dtype)
+    out = jax.lax.map(jax.checkpoint(lambda b: _composite_block(g, b)), jnp.asarray(xy))
+    out = out.reshape(-1, 5)[:n].reshape(count, width, 5)
+    rgb = out[..., :3] if background is None else out[..., :3] + out[..., 4:] * jnp.asarray(background, g.dtype)
+    return rgb, 1.0 - out[..., 4], out[..., 3]
 
+
+def projected(gaussians, camera, near_plane=0.01, far_plane=1e10):
+    """`dense_composite`'s inputs: the library's projection and colours (`project` and `sh_colors` are
+    checked against gsplat separately), opacity 0 outside (near_plane, far_plane) and no other culling."""
     p = project(gaussians, camera)
-    col = sh_colors(gaussians, camera.position)
-    ok = p.depths > near_plane
-    order = jnp.argsort(jnp.where(ok, p.depths, jnp.inf))
-    ys, xs = jnp.mgrid[0:camera.height, 0:camera.width]
-    px, py = xs.ravel() + 0.5, ys.ravel() + 0.5
+    ok = (p.depths > near_plane) & (p.depths < far_plane)
+    return (p.means2d, p.conics, jnp.where(ok, gaussians.opacities, 0.0), sh_colors(gaussians, camera.position),
+            p.depths)
 
-    def step(carry, g):
-        trans, rgb, depth, done = carry
-        dx, dy = p.means2d[g, 0] - px, p.means2d[g, 1] - py
-        a, b, c = p.conics[g]
-        power = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-        alpha = jnp.minimum(max_alpha, gaussians.opacities[g] * jnp.exp(-power))
-        use = (power >= 0) & (alpha >= min_alpha) & ~done & ok[g]
-        next_t = trans * (1 - alpha)
-        stop = use & (next_t <= min_transmittance)
-        use &= ~stop
-        w = jnp.where(use, alpha * trans, 0.0)
-        return (jnp.where(use, next_t, trans), rgb + w[:, None] * col[g], depth + w * p.depths[g], done | stop), None
 
-    n = px.shape[0]
-    dt = gaussians.means.dtype
-    init = (jnp.ones(n, dt), jnp.zeros((n, 3), dt), jnp.zeros(n, dt), jnp.zeros(n, bool))
-    (trans, rgb, depth, _), _ = jax.lax.scan(step, init, order)
-    rgb = rgb + trans[:, None] * background
-    hw = (camera.height, camera.width)
-    return rgb.reshape(hw + (3,)), (1 - trans).reshape(hw), depth.reshape(hw)
+def dense_render(gaussians, camera, background=None, rows=None, block_pairs: int = 2**21):
+    """`dense_composite` of `projected` Gaussians, in their dtype: differentiable in everything."""
+    return dense_composite(*projected(gaussians, camera), camera.width, camera.height, background, rows,
+                           block_pairs)
+
+
+_projected = jax.jit(projected)
+_composite = jax.jit(dense_composite, static_argnames=("width", "height", "rows", "block_pairs"))
+
+
+def reference_image(gaussians, camera, background=None):
+    """The float64 reference images as NumPy (rgb [H, W, 3], alpha [H, W], depth [H, W]): the float32
+    projection and colours the renderer composites, composited in float64."""
+    inputs = _projected(gaussians, camera)
+    with jax.enable_x64(True):
+        args = [np.asarray(a, np.float64) for a in inputs]
+        bg = None if background is None else np.asarray(background, np.float64)
+        out = _composite(*args, width=camera.width, height=camera.height, background=bg)
+        return tuple(np.asarray(a) for a in out)
+
+
+def assert_images_match(out, ref, tol: float = TOL) -> None:
+    """rasterize() output `out` against `reference_image` `ref`, rgb, alpha and depth within `tol`."""
+    for name, got, want in zip(("rgb", "alpha", "depth"), (out.rgb, out.alpha, out.depth), ref):
+        np.testing.assert_allclose(np.asarray(got), want, atol=tol, rtol=0, err_msg=name)

@@ -7,7 +7,7 @@ import pytest
 from headsup_jax.render import rasterize
 from headsup_jax.render.cameras import look_at
 from headsup_jax.render.scenes import head_scene, random_scene
-from reference import dense_composite_jax
+from reference import dense_render
 
 FIELDS = ("means", "quats", "scales", "opacities", "sh")
 
@@ -63,7 +63,7 @@ def test_gradients_match_dense_reference_autodiff(scene):
         g, cam = head_scene(2, 2500), look_at((0.1, 0.1, 0.45), 64, 64, 35.0)
     g = jax.tree.map(jnp.asarray, g)
     bg = jnp.array([0.1, 0.2, 0.3])
-    ref_render = lambda g, bg: dense_composite_jax(g, cam, bg)
+    ref_render = lambda g, bg: dense_render(g, cam, bg)
     got = jax.jit(jax.grad(weighted_loss(ours(cam), cam), argnums=(0, 1)))(g, bg)
     want = jax.jit(jax.grad(weighted_loss(ref_render, cam), argnums=(0, 1)))(g, bg)
     for field in FIELDS:

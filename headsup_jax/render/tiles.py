@@ -65,21 +65,28 @@ def tile_rects(proj: Projection, grid: TileGrid) -> jax.Array:
 
 
 def bin_gaussians(proj: Projection, grid: TileGrid, max_pairs: int, tile_capacity: int) -> TileBins:
-    """Builds the per-tile lists (all shapes static: [T, tile_capacity])."""
+    """Builds the per-tile lists (all shapes static: [T, tile_capacity]).
+
+    Pairs are enumerated nearest Gaussian first, so the cut at `max_pairs` drops the farthest Gaussians'
+    pairs (the one straddling the cut loses its last tiles in row-major order); the cut at `tile_capacity`
+    drops the far end of each tile's list."""
     rects = tile_rects(proj, grid)  # [P, 4]
     span = jnp.maximum(rects[:, 2:] - rects[:, :2] + 1, 0)  # [P, 2] tiles in x, y
-    n_tiles = span[:, 0] * span[:, 1]  # [P]
+    order = jnp.argsort(jnp.where(proj.visible, proj.depths, jnp.inf), stable=True).astype(jnp.int32)  # [P]
+    n_tiles = (span[:, 0] * span[:, 1])[order]  # [P] by depth rank
     ends = jnp.cumsum(n_tiles)  # [P] inclusive
     total = ends[-1] if n_tiles.shape[0] else jnp.int32(0)
 
     pair = jnp.arange(max_pairs, dtype=jnp.int32)
-    gid = jnp.minimum(jnp.searchsorted(ends, pair, side="right"), n_tiles.shape[0] - 1).astype(jnp.int32)
-    local = pair - (ends[gid] - n_tiles[gid])
+    rank = jnp.minimum(jnp.searchsorted(ends, pair, side="right"), n_tiles.shape[0] - 1).astype(jnp.int32)
+    local = pair - (ends[rank] - n_tiles[rank])
+    gid = order[rank]
     width = jnp.maximum(span[gid, 0], 1)
     tx = rects[gid, 0] + local % width
     ty = rects[gid, 1] + local // width
     tile = jnp.where(pair < total, ty * grid.tiles_x + tx, grid.num_tiles)  # sentinel sorts last
-    tile, _, gid = jax.lax.sort((tile, proj.depths[gid], gid), num_keys=2, is_stable=True)
+    tile, rank = jax.lax.sort((tile, rank), num_keys=2)  # by tile, then depth rank (a total order)
+    gid = order[rank]
 
     first = jnp.searchsorted(tile, jnp.arange(grid.num_tiles + 1, dtype=jnp.int32), side="left")
     counts_all = (first[1:] - first[:-1]).astype(jnp.int32)  # [T] pairs that made it into max_pairs

@@ -10,6 +10,7 @@ import pathlib
 import numpy as np
 
 from headsup_jax.data.io import decode_image, write_bytes_atomic
+from headsup_jax.render.types import camera_centre
 
 
 def load_records(path, num_subjects: int, split: str = "train") -> list[dict]:
@@ -31,9 +32,9 @@ def frustum_lines(K, world_to_cam, width: int, height: int, depth: float = 0.25)
     """World-space segments [8, 2, 3] of a camera's frustum: centre to 4 image corners, and the far rectangle."""
     corners = np.array([[0, 0, 1], [width, 0, 1], [width, height, 1], [0, height, 1]], np.float64)
     rays = corners @ np.linalg.inv(np.asarray(K, np.float64)).T * depth  # [4, 3] camera frame, z = depth
-    R, t = np.asarray(world_to_cam, np.float64)[:3, :3], np.asarray(world_to_cam, np.float64)[:3, 3]
-    far = (rays - t) @ R  # camera -> world: R^T (x - t)
-    centre = -R.T @ t
+    w2c = np.asarray(world_to_cam, np.float64)
+    far = (rays - w2c[:3, 3]) @ w2c[:3, :3]  # camera -> world: R^T (x - t)
+    centre = camera_centre(w2c)
     return np.array([[centre, c] for c in far] + [[far[k], far[(k + 1) % 4]] for k in range(4)])
 
 

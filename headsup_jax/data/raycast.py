@@ -11,6 +11,7 @@ from embreex import rtcore_scene as rtcs
 from embreex.mesh_construction import TriangleMesh
 
 from headsup_jax.geometry.template import vertex_normals
+from headsup_jax.render.types import camera_centre
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,9 +58,8 @@ def _rays(camera, supersample: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     d_cam = d_cam.reshape(-1, 3)
     d_cam /= np.linalg.norm(d_cam, axis=-1, keepdims=True)
     w2c = np.asarray(camera.world_to_cam, np.float64)
-    R, t = w2c[:3, :3], w2c[:3, 3]
-    origin = (-R.T @ t).astype(np.float32)
-    return np.broadcast_to(origin, d_cam.shape), d_cam @ R.astype(np.float32), d_cam[:, 2]
+    origin = camera_centre(w2c).astype(np.float32)
+    return np.broadcast_to(origin, d_cam.shape), d_cam @ w2c[:3, :3].astype(np.float32), d_cam[:, 2]
 
 
 def _box(samples: np.ndarray) -> np.ndarray:

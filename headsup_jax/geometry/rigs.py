@@ -10,6 +10,7 @@ import dataclasses
 import numpy as np
 
 from headsup_jax.render import Camera
+from headsup_jax.render.types import camera_centre
 from headsup_jax.render.cameras import look_at, look_at_matrix
 
 ASPECT = 0.75  # width / height
@@ -77,7 +78,7 @@ def jitter(cameras: list[Camera], seed: int, noise: Jitter = Jitter()) -> list[C
     out = []
     for cam in cameras:
         w2c = np.asarray(cam.world_to_cam, np.float64)
-        eye = -w2c[:3, :3].T @ w2c[:3, 3]
+        eye = camera_centre(w2c)
         forward = w2c[2, :3]
         target = eye + forward * np.linalg.norm(eye) + rng.normal(0, noise.target, 3)
         m = look_at_matrix(eye + rng.normal(0, noise.position, 3), target).astype(np.float64)

@@ -10,6 +10,7 @@ from flax import nnx
 
 from headsup_jax.model.layers import Buffer, conv, dense
 from headsup_jax.render import Gaussians
+from headsup_jax.render.projection import facing_quats
 from headsup_jax.render.sh import rgb_to_sh
 
 
@@ -19,14 +20,6 @@ def fibonacci_sphere(n: int) -> np.ndarray:
     phi = np.arccos(1 - 2 * i / n)
     theta = np.pi * (1 + 5 ** 0.5) * i
     return np.stack([np.cos(theta) * np.sin(phi), np.cos(phi), np.sin(theta) * np.sin(phi)], -1).astype(np.float32)
-
-
-def facing_quats(normals: np.ndarray) -> np.ndarray:
-    """Quaternions (w, x, y, z) rotating +z onto each unit normal. [n, 3] -> [n, 4]"""
-    z = np.array([0.0, 0.0, 1.0])
-    q = np.concatenate([1.0 + normals @ z[:, None], np.cross(z, normals)], -1)
-    q[q[:, 0] < 1e-6] = [0.0, 1.0, 0.0, 0.0]
-    return (q / np.linalg.norm(q, axis=-1, keepdims=True)).astype(np.float32)
 
 
 class BackgroundModel(nnx.Module):

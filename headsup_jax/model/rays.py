@@ -4,6 +4,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from headsup_jax.render.types import camera_centre
+
 
 def plucker_rays(K: jax.Array, world_to_cam: jax.Array, height: int, width: int) -> jax.Array:
     """Plücker coordinates (d, o x d) of the rays through pixel centres of an H x W image.
@@ -12,11 +14,11 @@ def plucker_rays(K: jax.Array, world_to_cam: jax.Array, height: int, width: int)
     """
     ys, xs = jnp.meshgrid(jnp.arange(height) + 0.5, jnp.arange(width) + 0.5, indexing="ij")
     pix = jnp.stack([xs, ys, jnp.ones_like(xs)], -1)  # [H, W, 3]
-    R, t = world_to_cam[..., :3, :3], world_to_cam[..., :3, 3]
+    R = world_to_cam[..., :3, :3]
     cam_dirs = jnp.einsum("...ij,hwj->...hwi", jnp.linalg.inv(K), pix)
     dirs = jnp.einsum("...ji,...hwj->...hwi", R, cam_dirs)  # R^T d: camera to world
     dirs = dirs / jnp.linalg.norm(dirs, axis=-1, keepdims=True)
-    origin = -jnp.einsum("...ji,...j->...i", R, t)[..., None, None, :]  # [..., 1, 1, 3]
+    origin = camera_centre(world_to_cam)[..., None, None, :]  # [..., 1, 1, 3]
     moment = jnp.cross(jnp.broadcast_to(origin, dirs.shape), dirs)
     return jnp.concatenate([dirs, moment], -1)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from headsup_jax.render.types import Camera, Gaussians, Projection
 
@@ -19,6 +20,14 @@ def quat_to_rotmat(quats: jax.Array) -> jax.Array:
         [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
     ]
     return jnp.stack([jnp.stack(r, -1) for r in rows], -2)
+
+
+def facing_quats(normals: np.ndarray) -> np.ndarray:
+    """Quaternions (w, x, y, z) rotating +z onto each unit normal (NumPy; +z -> -z turns about x). [n, 3] -> [n, 4]"""
+    normals = np.asarray(normals, np.float64)
+    q = np.concatenate([1.0 + normals[:, 2:], np.cross([0.0, 0.0, 1.0], normals)], -1)
+    q[q[:, 0] < 1e-6] = [0.0, 1.0, 0.0, 0.0]
+    return (q / np.linalg.norm(q, axis=-1, keepdims=True)).astype(np.float32)
 
 
 def covariance(quats: jax.Array, scales: jax.Array) -> jax.Array:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from headsup_jax.render.projection import facing_quats
 from headsup_jax.render.sh import rgb_to_sh
 from headsup_jax.render.types import Gaussians
 
@@ -35,13 +36,7 @@ def head_scene(seed: int, n: int, sh_degree: int = 1) -> Gaussians:
     means = d * semi
     normal = d / semi**2
     normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
-    # rotation taking z to the normal, as a quaternion (w, x, y, z)
-    z = np.array([0.0, 0.0, 1.0])
-    axis = np.cross(z, normal)
-    w = 1.0 + normal @ z
-    quats = np.concatenate([w[:, None], axis], -1)
-    quats[w < 1e-6] = [0.0, 1.0, 0.0, 0.0]
-    quats /= np.linalg.norm(quats, axis=-1, keepdims=True)
+    quats = facing_quats(normal)
     area = 4 * np.pi * (np.prod(semi) ** (2 / 3))  # rough surface area
     footprint = np.sqrt(area / n)
     scales = np.stack([footprint * rng.uniform(0.5, 1.0, n), footprint * rng.uniform(0.5, 1.0, n),

@@ -1,4 +1,4 @@
-"""Pytree types of the renderer: Gaussians, Camera, Projection, RenderOutput.
+"""Pytree types of the renderer (Gaussians, Camera, Projection, RenderOutput) and `camera_centre`.
 
 All are registered dataclasses, so they pass through `jax.jit`, `jax.vmap` (batched cameras or batched
 Gaussians) and `jax.grad`. Image sizes are static metadata.
@@ -8,7 +8,12 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
+
+
+def camera_centre(world_to_cam):
+    """Camera centre -R^T t in world coordinates; NumPy in, NumPy out (JAX likewise). [..., 4, 4] -> [..., 3]"""
+    R, t = world_to_cam[..., :3, :3], world_to_cam[..., :3, 3]
+    return -(R.swapaxes(-1, -2) @ t[..., None])[..., 0]
 
 
 def _pytree(cls=None, *, meta=()):
@@ -51,8 +56,7 @@ class Camera:
     @property
     def position(self) -> jax.Array:
         """Camera centre in world coordinates. [3]"""
-        R, t = self.world_to_cam[..., :3, :3], self.world_to_cam[..., :3, 3]
-        return -jnp.einsum("...ji,...j->...i", R, t)
+        return camera_centre(self.world_to_cam)
 
 
 @_pytree

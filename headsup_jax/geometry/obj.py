@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
-import tempfile
 
 import numpy as np
 
 from headsup_jax.errors import TemplateError
+from headsup_jax.fileio import write_text_atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,15 +102,7 @@ def write_obj(path, vertices, faces, uvs=None, face_uvs=None, groups=None) -> No
         else:
             ta, tb, tc = np.asarray(face_uvs)[i] + 1
             lines.append(f"f {a}/{ta} {b}/{tb} {c}/{tc}")
-    atomic_write_text(path, "\n".join(lines) + "\n")
-
-
-def atomic_write_text(path: pathlib.Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def read_obj_vertices(path) -> np.ndarray:

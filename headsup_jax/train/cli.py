@@ -17,6 +17,7 @@ from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
 from headsup_jax.errors import BackendError, ConfigError
+from headsup_jax.train.workdir import workdir_path
 
 FLAGS = flags.FLAGS
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/headsup.py:tiny", lock_config=True)
@@ -76,7 +77,7 @@ def _on_cluster() -> bool:
     return any(k in os.environ for k in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"))
 
 
-def _config_for(workdir: pathlib.Path) -> ConfigDict:
+def _config_for(workdir) -> ConfigDict:
     """The --config if given (overrides applied), else the one saved in the workdir."""
     config = _CONFIG.value
     if config is not None:
@@ -113,7 +114,7 @@ def _run(argv) -> None:
         raise ConfigError(f"`headsup train` does not take {' or '.join(given)} (eval only)")
     _init_distributed()
     log.info(check_backend(FLAGS.require_accelerator))
-    workdir = pathlib.Path(FLAGS.workdir)
+    workdir = workdir_path(FLAGS.workdir)  # local or gs://...
     config = _config_for(workdir)
     if command == "train":
         from headsup_jax.train.loop import train

@@ -16,6 +16,7 @@ from etils import epath
 
 from headsup_jax.data.pipeline import DataIterator, PipelineConfig, make_pipeline
 from headsup_jax.data.views import ViewSpec
+from headsup_jax.errors import ConfigError
 from headsup_jax.fileio import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def train_iterator(config, dataset, seed: int | None = None, start: int = 0) -> 
 
     d = config.data
     if d.batch_size % jax.process_count():
-        raise ValueError(f"data.batch_size {d.batch_size} is not divisible by {jax.process_count()} processes")
+        raise ConfigError(f"data.batch_size {d.batch_size} is not divisible by {jax.process_count()} processes")
     pipeline = PipelineConfig(batch_size=d.batch_size // jax.process_count(), views=view_spec(config),
                               worker_count=d.workers, fail_fast=not d.skip_bad_records)
     return make_pipeline(load_source(dataset, "train"), pipeline, seed=config.seed if seed is None else seed,
@@ -151,14 +152,14 @@ def model_inputs(batch: dict) -> dict:
 
 
 def require_masks(batch: dict, config) -> None:
-    """Raises ValueError naming the subjects of a batch that have no masks when the background model is
+    """Raises ConfigError naming the subjects of a batch that have no masks when the background model is
     off: their targets cannot be composited on the backdrop and the mask loss would pull alpha to 1."""
     if config.background.enabled:
         return
     missing = sorted({s.decode() if isinstance(s, bytes) else str(s)
                       for s, has in zip(batch["subject"], batch["has_masks"]) if not has})
     if missing:
-        raise ValueError(f"subjects {missing} have no masks/ folder: with config.background.enabled=False "
+        raise ConfigError(f"subjects {missing} have no masks/ folder: with config.background.enabled=False "
                          "training needs a mask per camera; add masks or set config.background.enabled=True")
 
 

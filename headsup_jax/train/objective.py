@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from headsup_jax.errors import ConfigError
 from headsup_jax.geometry.features import FEATURES
 from headsup_jax.model.layers import Buffer
 from headsup_jax.render import Camera, rasterize
@@ -97,7 +98,7 @@ def objective(model, supervision: Supervision, batch: dict, config):
         terms["mask"] = losses.mask_l1_loss(head_alpha, mask, has_masks)
     if w.lpips:
         if supervision.lpips is None:
-            raise ValueError("config.loss.lpips > 0 needs config.loss.lpips_weights (see `headsup lpips convert`)")
+            raise ConfigError("config.loss.lpips > 0 needs config.loss.lpips_weights (see `headsup lpips convert`)")
         terms["lpips"] = losses.lpips_loss(supervision.lpips, renders.rgb, target)
     total = sum(getattr(w, name) * value for name, value in terms.items() if getattr(w, name))
     return total, (terms, renders, target)

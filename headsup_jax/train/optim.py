@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import optax
 
+from headsup_jax.errors import ConfigError
+
 
 def _updates(optim) -> tuple[int, int]:
     """(updates of the whole run, warm-up updates)"""
@@ -34,7 +36,7 @@ def make_optimizer(optim, skip_nonfinite: bool = False) -> optax.GradientTransfo
     elif optim.name == "adamw":
         core = optax.adamw(learning_rate(optim), b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay)
     else:
-        raise ValueError(f"config.optim.name must be 'adam' or 'adamw', got {optim.name!r}")
+        raise ConfigError(f"config.optim.name must be 'adam' or 'adamw', got {optim.name!r}")
     tx = optax.chain(optax.clip_by_global_norm(optim.clip_norm), core) if optim.clip_norm > 0 else core
     if skip_nonfinite:
         tx = optax.apply_if_finite(tx, max_consecutive_errors=1_000_000)

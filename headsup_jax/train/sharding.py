@@ -14,6 +14,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from headsup_jax.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
@@ -24,10 +26,10 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
     sizes = [data, fsdp, tensor]
     known = math.prod(s for s in sizes if s != -1)
     if sizes.count(-1) > 1 or len(devices) % known:
-        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} does not fit {len(devices)} devices")
+        raise ConfigError(f"config.mesh {dict(zip(MESH_AXES, sizes))} does not fit {len(devices)} devices")
     sizes = [len(devices) // known if s == -1 else s for s in sizes]
     if math.prod(sizes) != len(devices):
-        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} uses {math.prod(sizes)} of {len(devices)} devices")
+        raise ConfigError(f"config.mesh {dict(zip(MESH_AXES, sizes))} uses {math.prod(sizes)} of {len(devices)} devices")
     return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 

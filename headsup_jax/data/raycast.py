@@ -33,15 +33,17 @@ class Surface:
 
 
 def sample_texture(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
-    """Bilinear lookup, clamped at the border. uv: [P, 2] -> [P, 3]."""
+    """Bilinear lookup, clamped at the border. uv: [P, 2] -> [P, 3] (float32 for float32 inputs)."""
     T, TW = texture.shape[:2]
-    x = np.clip(uv[:, 0] * T - 0.5, 0, TW - 1)
-    y = np.clip((1 - uv[:, 1]) * T - 0.5, 0, T - 1)
-    x0, y0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
-    x1, y1 = np.minimum(x0 + 1, TW - 1), np.minimum(y0 + 1, T - 1)
+    x = np.clip(uv[:, 0] * np.float32(T) - np.float32(0.5), 0, TW - 1)
+    y = np.clip((1 - uv[:, 1]) * np.float32(T) - np.float32(0.5), 0, T - 1)
+    x0, y0 = np.floor(x), np.floor(y)
     fx, fy = (x - x0)[:, None], (y - y0)[:, None]
-    top = texture[y0, x0] * (1 - fx) + texture[y0, x1] * fx
-    bottom = texture[y1, x0] * (1 - fx) + texture[y1, x1] * fx
+    i00 = y0.astype(np.int64) * TW + x0.astype(np.int64)  # flat index of the top-left texel
+    dx, dy = (x0 < TW - 1).astype(np.int64), np.where(y0 < T - 1, TW, 0)  # steps right and down, 0 at the border
+    flat = texture.reshape(-1, 3)
+    top = np.take(flat, i00, axis=0) * (1 - fx) + np.take(flat, i00 + dx, axis=0) * fx
+    bottom = np.take(flat, i00 + dy, axis=0) * (1 - fx) + np.take(flat, i00 + dy + dx, axis=0) * fx
     return top * (1 - fy) + bottom * fy
 
 
@@ -75,9 +77,8 @@ class MeshRenderer:
         self.surface = surface
         self.scene = rtcs.EmbreeScene()
         TriangleMesh(self.scene, surface.vertices[surface.faces].astype(np.float32))
-        self.corner_normals = vertex_normals(surface.vertices.astype(np.float64), surface.faces)[surface.faces]
-        self.corner_normals = self.corner_normals.astype(np.float32)  # [F, 3, 3]
-        self.corner_uvs = surface.corner_uvs.astype(np.float32)  # [F, 3, 2]
+        normals = vertex_normals(surface.vertices.astype(np.float64), surface.faces)[surface.faces]  # [F, 3, 3]
+        self.corner_attributes = np.concatenate([normals, surface.corner_uvs], -1).astype(np.float32)  # [F, 3, 5]
 
     def render(self, camera, lighting: Lighting, background: np.ndarray, supersample: int = 2):
         """-> rgb [H, W, 3] float32 in [0, 1] (sRGB), mask [H, W] float32 coverage, depth [H, W] metres (0: none)."""
@@ -87,10 +88,11 @@ class MeshRenderer:
         ok = hit["primID"] >= 0
         f = hit["primID"][ok]
         b = np.stack([1 - hit["u"][ok] - hit["v"][ok], hit["u"][ok], hit["v"][ok]], -1)  # [P, 3]
-        normal = np.einsum("pk,pkc->pc", b, self.corner_normals[f])
+        attributes = np.einsum("pk,pkc->pc", b, np.take(self.corner_attributes, f, axis=0))  # [P, 5]
+        normal = attributes[:, :3]
         normal /= np.maximum(np.linalg.norm(normal, axis=-1, keepdims=True), 1e-12)
         normal *= np.where(np.einsum("pc,pc->p", normal, dirs[ok]) > 0, -1.0, 1.0).astype(np.float32)[:, None]
-        albedo = sample_texture(self.surface.texture, np.einsum("pk,pkc->pc", b, self.corner_uvs[f]))
+        albedo = sample_texture(self.surface.texture, attributes[:, 3:])
         irradiance = lighting.ambient + np.clip(normal @ lighting.directions.T, 0, None) @ lighting.colors
         linear = np.empty((len(ok), 3), np.float32)
         linear[:] = np.asarray(background, np.float32) ** 2.2

@@ -1,85 +1,89 @@
-"""Synthetic data throughput: views per second of `headsup data synth` on this machine.
+"""Synthetic data throughput of `headsup data synth` on this machine: views/s and s/subject per template
+and image height, split into stages, and the time of a 1,000-subject ICT set at 128 x 96 on 2 workers.
 
-    .venv/bin/python benchmarks/synth.py [--quick]
+    .venv/bin/python benchmarks/synth.py [--subjects 6] [--run 1000]
 
-Per (resolution, supersampling) it times whole subjects in one process (paint the UV texture, deform,
-Embree-render 16 frontal views, encode and write PNGs), after one warm-up subject, and splits the time
-into its parts. The last rows run `generate` with 1 and 2 worker processes (start-up included).
+Each (template, resolution) row runs in a fresh process (frontal16 rig, 4 rays per pixel, the default
+texture resolution): set-up is the import, the template, the texel basis and the first subject's extra time
+(JAX compiles `deform`); then `--subjects` subjects are timed with their stages (`Generator.seconds`):
+paint, mesh (deform, normals, Embree scene), render (ray casting and shading), encode (PNG) and write.
+The projection is set-up + 1,000 x s/subject / 2 (two worker processes, each with its own set-up);
+`--run N` also times a real `generate` of N ICT subjects at 128 on 2 workers (written under /tmp, then
+deleted). The load average (1 minute) next to each row: the machine is shared.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import pathlib
+import subprocess
+import sys
 import tempfile
 import time
 
-import numpy as np
-
-from headsup_jax.data.appearance import paint
-from headsup_jax.data.raycast import MeshRenderer, Surface
-from headsup_jax.data.synth import Generator, SynthConfig, generate, sample_lighting
-
-
-def time_parts(gen: Generator, index: int) -> dict:
-    """Seconds spent in each stage of one subject (same work as Generator.subject, without writing)."""
-    from headsup_jax.data.io import encode_png
-
-    t = gen.template
-    rng = np.random.default_rng(index)
+def measure(template: str, resolution: int, subjects: int) -> dict:
+    """In a fresh process: set-up seconds, then views/s, s/subject and the stages of `subjects` subjects."""
     t0 = time.perf_counter()
-    texture = paint(gen.basis, rng)
-    t1 = time.perf_counter()
-    renderer = MeshRenderer(Surface(gen.vertices(gen.identity(index), {}), t.faces[gen.shown],
-                                    gen.basis.corner_uvs[gen.shown], texture))
-    t2 = time.perf_counter()
-    outs = [renderer.render(cam, sample_lighting(rng), np.full(3, 0.5), gen.config.supersample)
-            for cam in gen.cameras(index)]
-    t3 = time.perf_counter()
-    for rgb, mask, depth in outs:
-        encode_png((rgb * 255).astype(np.uint8)), encode_png((mask * 255).astype(np.uint8))
-        encode_png((depth * 1000).astype(np.uint16))
-    t4 = time.perf_counter()
-    return {"paint": t1 - t0, "mesh": t2 - t1, "render": t3 - t2, "encode": t4 - t3}
+    from headsup_jax.data.synth import STAGES, Generator, SynthConfig
 
-
-def bench_config(resolution: int, supersample: int, subjects: int) -> dict:
-    config = SynthConfig(resolution=resolution, supersample=supersample)
-    gen = Generator(config)
-    with tempfile.TemporaryDirectory() as out:
-        gen.subject(0, pathlib.Path(out))  # warm-up (JAX compile of deform, caches)
-        t0 = time.perf_counter()
+    imported = time.perf_counter() - t0
+    gen = Generator(SynthConfig(template=template, resolution=resolution))
+    setup = imported + gen.seconds["template"] + gen.seconds["basis"]
+    with tempfile.TemporaryDirectory(prefix="headsup_bench_") as out:
+        t1 = time.perf_counter()
+        gen.subject(0, pathlib.Path(out))  # first subject: JAX compiles deform
+        first = time.perf_counter() - t1
+        gen.seconds.clear()
+        t1 = time.perf_counter()
         views = sum(gen.subject(i, pathlib.Path(out)) for i in range(1, subjects + 1))
-        dt = time.perf_counter() - t0
-    parts = [time_parts(gen, i) for i in range(1, 3)]
-    mean = {k: float(np.mean([p[k] for p in parts])) for k in parts[0]}
-    return {"views_per_s": views / dt, "s_per_subject": dt / subjects, **mean}
+        dt = time.perf_counter() - t1
+    return {"setup": setup + max(first - dt / subjects, 0.0), "views_per_s": views / dt, "s_per_subject": dt / subjects,
+            "texture": list(gen.basis.shape), **{k: gen.seconds[k] / subjects for k in STAGES},
+            "load": os.getloadavg()[0]}
 
 
-def bench_workers(workers: int, subjects: int, resolution: int) -> float:
-    with tempfile.TemporaryDirectory() as out:
+def run_generate(n: int) -> tuple[float, float]:
+    """(seconds, load average) of a real `generate` of n ICT subjects at 128 on 2 workers."""
+    from headsup_jax.data.synth import SynthConfig, generate
+
+    with tempfile.TemporaryDirectory(prefix="headsup_synth1000_", dir="/tmp") as out:
         t0 = time.perf_counter()
-        views = generate(out, subjects, SynthConfig(resolution=resolution), workers=workers, progress=False)
-        return views / (time.perf_counter() - t0)
+        generate(out, n, SynthConfig(template="ict", resolution=128), workers=2, progress=False)
+        return time.perf_counter() - t0, os.getloadavg()[0]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer subjects and sizes")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--subjects", type=int, default=6, help="timed subjects per row")
+    parser.add_argument("--run", type=int, default=0, help="also generate this many ICT subjects at 128 on 2 workers")
+    parser.add_argument("--one", nargs=2, metavar=("TEMPLATE", "RESOLUTION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    sizes = [(128, 2), (256, 1), (256, 2)] if args.quick else [(128, 2), (256, 1), (256, 2), (512, 2)]
-    subjects = 2 if args.quick else 4
-    print("| rig | resolution (H x W) | rays/pixel | views/s | s/subject | paint s | render s/subject | encode s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for res, ss in sizes:
-        r = bench_config(res, ss, subjects)
-        print(f"| frontal16 | {res} x {int(round(0.75 * res))} | {ss * ss} | {r['views_per_s']:.1f} | "
-              f"{r['s_per_subject']:.2f} | {r['paint']:.2f} | {r['render']:.2f} | {r['encode']:.2f} |")
-    n = 4 if args.quick else 12
-    print()
-    print("| `generate` at 256, 4 rays/pixel | subjects | views/s (start-up included) |")
-    print("|---|---|---|")
-    for workers in (1, 2):
-        print(f"| {workers} worker(s) | {n} | {bench_workers(workers, n, 256):.1f} |")
+    from headsup_jax.data.synth import STAGES
+
+    if args.one:
+        print(json.dumps(measure(args.one[0], int(args.one[1]), args.subjects)))
+        return
+    print("| template | image (H x W) | texture | views/s | s/subject | paint | mesh | render | encode | write | "
+          "set-up s/process | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = {}
+    for template in ("procedural", "ict"):
+        for res in (64, 128, 256):
+            out = subprocess.run([sys.executable, __file__, "--one", template, str(res), "--subjects",
+                                  str(args.subjects)], check=True, capture_output=True, text=True).stdout
+            r = rows[template, res] = json.loads(out.strip().splitlines()[-1])
+            print(f"| {template} | {res} x {round(0.75 * res)} | {r['texture'][0]} x {r['texture'][1]} | "
+                  f"{r['views_per_s']:.1f} | {r['s_per_subject']:.3f} | "
+                  + " | ".join(f"{r[k]:.3f}" for k in STAGES) + f" | {r['setup']:.1f} | {r['load']:.1f} |", flush=True)
+    r = rows["ict", 128]
+    print(f"\nProjection, 1,000 ICT subjects at 128 x 96 on 2 workers: {r['setup']:.1f} s set-up + 1000 x "
+          f"{r['s_per_subject']:.3f} s / 2 = {(r['setup'] + 500 * r['s_per_subject']) / 60:.1f} min "
+          f"(load {r['load']:.1f})")
+    if args.run:
+        seconds, load = run_generate(args.run)
+        print(f"Measured: `generate` of {args.run} ICT subjects at 128 x 96 on 2 workers: {seconds / 60:.1f} min "
+              f"({16 * args.run / seconds:.1f} views/s, load {load:.1f} at the end)")
 
 
 if __name__ == "__main__":

@@ -4,15 +4,21 @@ silhouette on the right pixels of its masks."""
 import dataclasses
 import json
 
+import time
+
 import grain
 import numpy as np
 import pytest
+import scipy.ndimage
 from PIL import Image
 
 from headsup_jax.cli import main
+from headsup_jax.data.appearance import paint, texel_basis
 from headsup_jax.data.capture import load_capture
 from headsup_jax.data.pipeline import PipelineConfig, make_pipeline
-from headsup_jax.data.synth import Generator, SynthConfig, generate, subject_name
+from headsup_jax.data.raycast import MeshRenderer, Surface, _rays, sample_texture
+from headsup_jax.data.synth import STAGES, Generator, SynthConfig, generate, subject_name
+from headsup_jax.geometry import load_template
 from headsup_jax.data.tfds_builder import build_dataset, load_source
 from headsup_jax.data.views import ViewSpec
 
@@ -155,6 +161,11 @@ def test_ict_template_subject(tmp_path):
     g = Generator(cfg)
     assert g.identity(0).shape == (100,)
     assert g.basis.valid.shape[1] > 64  # several canvases: the eyeballs overlap the face in UV space
+    hidden = np.concatenate([f for n, f in g.template.regions.items() if n.startswith(cfg.hidden_regions)])
+    assert len(hidden) and np.array_equal(np.sort(g.basis.faces), np.setdiff1d(np.arange(len(g.template.faces)), hidden))
+    centre = g.basis.corner_uvs.mean(1)  # [F', 2]: each laid-out face's UV centroid lands on a painted texel
+    texel = np.clip(((1 - centre[:, 1]) * 64).astype(int), 0, 63), np.clip((centre[:, 0] * 64).astype(int), 0, None)
+    assert g.basis.valid[texel].mean() > 0.99
     masks = [np.asarray(Image.open(cap.mask_files[c.id])) for c in cap.cameras]
     assert all(0.05 < (m > 127).mean() < 0.7 for m in masks)
 
@@ -167,3 +178,105 @@ def test_synth_and_build_commands(tmp_path, capsys):
     assert main(["data", "build", str(tmp_path / "caps"), "--out", str(tmp_path / "tfds"), "--test", "0.34",
                  "--validation", "0"]) == 0
     assert "subjects test: 1, validation: 0, train: 2; 0 skipped" in capsys.readouterr().out
+
+
+def test_sample_texture_is_bilinear_with_clamped_edges():
+    """raycast.sample_texture equals scipy's order-1 map_coordinates (edges replicated) in float64, with
+    texel (i, j) centred at u = (j + .5) / T, v = 1 - (i + .5) / T, on two canvases side by side."""
+    rng = np.random.default_rng(0)
+    tex = rng.random((8, 16, 3), dtype=np.float32)  # [T, 2T, 3]
+    uv = rng.uniform([-0.2, -0.2], [2.2, 1.2], (500, 2)).astype(np.float32)
+    rows, cols = (1 - uv[:, 1].astype(np.float64)) * 8 - 0.5, uv[:, 0].astype(np.float64) * 8 - 0.5
+    want = np.stack([scipy.ndimage.map_coordinates(tex[..., c].astype(np.float64), [rows, cols], order=1,
+                                                   mode="nearest") for c in range(3)], -1)
+    np.testing.assert_allclose(sample_texture(tex, uv), want, atol=1e-6)
+    centres = np.array([[(5 + 0.5) / 8, 1 - (2 + 0.5) / 8]], np.float32)
+    np.testing.assert_array_equal(sample_texture(tex, centres)[0], tex[2, 5])
+
+
+def _texel_classes(basis):
+    """Texel masks [N] of features by position on the neutral procedural head (relative to its anchors)."""
+    x, y, z = basis.points.astype(np.float64)
+    e = basis.eyes[0]
+    r, front = np.hypot(x - e[0], y - e[1]), z > e[2] - 0.01
+    lips = ((x - basis.mouth[0]) / basis.mouth_half_width) ** 2 + ((y - basis.mouth[1]) / 0.007) ** 2 < 0.25
+    lips &= np.abs(z - basis.mouth[2]) < 0.02
+    eye_y = basis.eyes[:, 1].mean()
+    return {"pupil": front & (r < 0.0015), "iris": front & (r > 0.0028) & (r < 0.0045),
+            "sclera": front & (np.abs(x - e[0]) > 0.008) & (np.abs(x - e[0]) < 0.012) & (np.abs(y - e[1]) < 0.002),
+            "lips": lips, "forehead": front & (np.abs(x) < 0.02) & (y > eye_y + 0.025) & (y < eye_y + 0.035),
+            "crown": y > eye_y + 0.1}
+
+
+def test_features_in_place_at_any_texture_resolution():
+    """The same subject painted at T = 128 and 512: pupil, iris and sclera have their exact colours where
+    the eye is, lips are redder than the forehead, the crown is hair or cap, not skin; each feature's mean
+    colour agrees between the resolutions (only the per-texel noise depends on T), and the pores vary
+    texel to texel at both."""
+    template = load_template("procedural")
+    bases = {T: texel_basis(template, T) for T in (128, 512)}
+    for seed in range(4):
+        means = {}
+        for T, basis in bases.items():
+            tex = paint(basis, np.random.default_rng(seed)).reshape(-1, 3)[basis.texels]  # [N, 3]
+            classes = _texel_classes(basis)
+            assert all(m.sum() >= (1 if T == 128 else 5) for k, m in classes.items() if k != "pupil"), T
+            if classes["pupil"].any():
+                np.testing.assert_array_equal(tex[classes["pupil"]], np.float32(0.01))
+            np.testing.assert_allclose(tex[classes["sclera"]], np.broadcast_to([0.7, 0.68, 0.65], (classes["sclera"].sum(), 3)),
+                                       rtol=1e-6)
+            iris = tex[classes["iris"]]
+            assert np.ptp(iris, axis=0).max() == 0 and iris.max() < 0.5  # one eye colour
+            m = means[T] = {k: tex[c].mean(0) for k, c in classes.items() if k != "pupil"}
+            redness = lambda c: c[0] / c[1]
+            assert redness(m["lips"]) > 1.5 * redness(m["forehead"]), (seed, T)
+            assert np.abs(m["crown"] - m["forehead"]).max() > 0.02, (seed, T)
+            skin = tex[classes["forehead"]]
+            assert 0.01 < (skin / skin.mean(0)).std() < 0.15  # pores (and smooth variation) per texel
+        for k in means[128]:
+            np.testing.assert_allclose(means[128][k], means[512][k], atol=0.04, err_msg=f"seed {seed} {k}")
+
+
+def _texels_per_pixel(gen, camera) -> float:
+    """Median over the face in one view of sqrt(texture texels covered by an image pixel), from the UVs
+    hit by rays through pixel centres: |det| of the UV step to the right and down, in texels."""
+    t, basis = gen.template, gen.basis
+    renderer = MeshRenderer(Surface(gen.vertices(gen.identity(0), {}), t.faces[basis.faces], basis.corner_uvs,
+                                    np.zeros((*basis.shape, 3), np.float32)))
+    origins, dirs, _ = _rays(camera, 1)
+    hit = renderer.scene.run(np.ascontiguousarray(origins), dirs, output=1)
+    f = np.maximum(hit["primID"], 0)
+    b = np.stack([1 - hit["u"] - hit["v"], hit["u"], hit["v"]], -1)  # [P, 3]
+    uv = np.einsum("pk,pkc->pc", b, basis.corner_uvs[f]).reshape(camera.height, camera.width, 2) * basis.shape[0]
+    face = (np.isin(basis.faces, t.regions["face"])[f] & (hit["primID"] >= 0)).reshape(camera.height, camera.width)
+    right, down = np.diff(uv, axis=1)[:-1], np.diff(uv, axis=0)[:, :-1]  # [H-1, W-1, 2] texels
+    texels = np.abs(right[..., 0] * down[..., 1] - right[..., 1] * down[..., 0])
+    quad = face[1:, 1:] & face[1:, :-1] & face[:-1, 1:] & face[:-1, :-1]
+    return float(np.median(np.sqrt(texels[quad & (texels < 100)])))  # chart seams excluded
+
+
+@pytest.mark.parametrize("template", ["procedural", "ict"])
+def test_default_texture_resolution_matches_the_images(template):
+    """With the default texture resolution the face gets TEXELS_PER_PIXEL (2) texels per image pixel,
+    measured on rays in four frontal16 views at two image heights (1.6 to 2.8: foreshortening adds a
+    little): detail down to the pixel, no more."""
+    from headsup_jax.geometry.loaders import ict_path
+
+    if template == "ict" and not ict_path().exists():
+        pytest.skip(f"ICT-FaceKit archive not found at {ict_path()} (see the shared data README)")
+    for resolution in (64, 128):
+        gen = Generator(SynthConfig(template=template, resolution=resolution, jitter=False))
+        density = [_texels_per_pixel(gen, cam) for cam in np.array(gen.cameras(0))[[2, 7, 8, 13]]]
+        assert 1.6 < min(density) and max(density) < 2.8, (resolution, gen.basis.shape, density)
+
+
+def test_stage_seconds_add_up(tmp_path):
+    """Generator.seconds: set-up stages, then each subject's stages sum to (nearly all of) its wall time."""
+    gen = Generator(SynthConfig(rig="random3", resolution=32, texture_resolution=64))
+    assert gen.seconds["template"] > 0 and gen.seconds["basis"] > 0
+    gen.subject(0, tmp_path)
+    gen.seconds.clear()
+    t0 = time.perf_counter()
+    gen.subject(1, tmp_path)
+    wall = time.perf_counter() - t0
+    assert set(gen.seconds) == set(STAGES) and 0.9 * wall < sum(gen.seconds.values()) <= wall

@@ -3,7 +3,8 @@ brows, lips, eyes, hair or a cap, and a clothing band on the neck.
 
 Features are placed by the 3D position of each texel on the neutral template, relative to the eyes and
 mouth (from the template's 68 landmarks, or the procedural head's known feature positions), so any
-template with UVs works. Colours are linear albedo in [0, 1].
+template with UVs works. Colours are linear albedo in [0, 1]. Texels are painted as [3, N] float32 rows
+(products over the 3 coordinates by `np.einsum`: no BLAS threads, see `raycast`).
 """
 from __future__ import annotations
 
@@ -93,12 +94,27 @@ def texel_basis(template, resolution: int, faces: np.ndarray | None = None) -> T
                       mouth, float(half_width), axis)
 
 
+def uv_per_metre(template, faces: np.ndarray) -> float:
+    """UV units per metre of the neutral surface: the median over the face region's triangles among `faces`
+    (all of `faces` if the template has no "face" region) of sqrt(UV area / surface area)."""
+    in_face = np.isin(faces, template.regions["face"]) if "face" in template.regions else np.ones(len(faces), bool)
+    f = faces[in_face]
+    p = np.asarray(template.vertices, np.float64)[template.faces[f]]  # [F, 3, 3]
+    uv = np.asarray(template.uvs, np.float64)[template.face_uvs[f]]  # [F, 3, 2]
+    area = np.linalg.norm(np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]), axis=-1)
+    e1, e2 = uv[:, 1] - uv[:, 0], uv[:, 2] - uv[:, 0]
+    uv_area = np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])
+    ok = area > 0
+    return float(np.median(np.sqrt(uv_area[ok] / area[ok])))
+
+
 def _smooth_noise(p: np.ndarray, rng, wavelength: float, terms: int = 6) -> np.ndarray:
     """Sum of random 3D sinusoids: smooth noise in about [-1, 1]. p: [3, N] float32 -> [N]"""
     k = rng.normal(size=(terms, 3))
     k *= 2 * np.pi / wavelength / np.linalg.norm(k, axis=-1, keepdims=True)
     phase = rng.uniform(0, 2 * np.pi, (terms, 1))
-    return np.sin(k.astype(np.float32) @ p + phase.astype(np.float32)).sum(0) / np.float32(np.sqrt(terms / 2))
+    waves = np.einsum("mc,cn->mn", k.astype(np.float32), p) + phase.astype(np.float32)  # [terms, N]
+    return np.sin(waves).sum(0) / np.float32(np.sqrt(terms / 2))
 
 
 def _sq_distance(p: np.ndarray, c, scale=(1.0, 1.0, 1.0)) -> np.ndarray:
@@ -109,7 +125,7 @@ def _sq_distance(p: np.ndarray, c, scale=(1.0, 1.0, 1.0)) -> np.ndarray:
 def _segment_distance(p: np.ndarray, a, b) -> np.ndarray:
     """Distance of points p [3, N] to the segment ab. -> [N]"""
     ab = (b - a).astype(np.float32)
-    t = np.clip((ab @ p - np.float32(ab @ a)) / np.float32(ab @ ab), 0, 1)
+    t = np.clip((np.einsum("c,cn->n", ab, p) - np.float32(ab @ a)) / np.float32(ab @ ab), 0, 1)
     return np.sqrt(_sq_distance(p - t * ab[:, None], a))
 
 

@@ -1,6 +1,8 @@
 """Ground-truth mesh renderer for synthetic data: Embree ray casting (embreex), independent of our
 Gaussian rasteriser. Textured Lambertian surface under a few directional studio lights plus ambient,
 `supersample`^2 rays per pixel (anti-aliased RGB and fractional mask), depth of the centre-most sample.
+Products over a 3- or 4-long axis use `np.einsum`, not `@`: OpenBLAS threads tall-skinny matmuls, and on
+a loaded machine its spinning threads made a 256 px subject 3x slower.
 """
 from __future__ import annotations
 
@@ -61,7 +63,8 @@ def _rays(camera, supersample: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     d_cam /= np.linalg.norm(d_cam, axis=-1, keepdims=True)
     w2c = np.asarray(camera.world_to_cam, np.float64)
     origin = camera_centre(w2c).astype(np.float32)
-    return np.broadcast_to(origin, d_cam.shape), d_cam @ w2c[:3, :3].astype(np.float32), d_cam[:, 2]
+    dirs = np.einsum("pc,cd->pd", d_cam, w2c[:3, :3].astype(np.float32))
+    return np.broadcast_to(origin, d_cam.shape), dirs, d_cam[:, 2]
 
 
 def _box(samples: np.ndarray) -> np.ndarray:
@@ -76,7 +79,7 @@ class MeshRenderer:
     def __init__(self, surface: Surface):
         self.surface = surface
         self.scene = rtcs.EmbreeScene()
-        TriangleMesh(self.scene, surface.vertices[surface.faces].astype(np.float32))
+        TriangleMesh(self.scene, surface.vertices.astype(np.float32), surface.faces)  # indexed: 40% faster to build
         normals = vertex_normals(surface.vertices.astype(np.float64), surface.faces)[surface.faces]  # [F, 3, 3]
         self.corner_attributes = np.concatenate([normals, surface.corner_uvs], -1).astype(np.float32)  # [F, 3, 5]
 
@@ -93,7 +96,8 @@ class MeshRenderer:
         normal /= np.maximum(np.linalg.norm(normal, axis=-1, keepdims=True), 1e-12)
         normal *= np.where(np.einsum("pc,pc->p", normal, dirs[ok]) > 0, -1.0, 1.0).astype(np.float32)[:, None]
         albedo = sample_texture(self.surface.texture, attributes[:, 3:])
-        irradiance = lighting.ambient + np.clip(normal @ lighting.directions.T, 0, None) @ lighting.colors
+        cosines = np.clip(np.einsum("pc,lc->pl", normal, lighting.directions.astype(np.float32)), 0, None)  # [P, L]
+        irradiance = lighting.ambient + np.einsum("pl,lc->pc", cosines, lighting.colors.astype(np.float32))
         linear = np.empty((len(ok), 3), np.float32)
         linear[:] = np.asarray(background, np.float32) ** 2.2
         linear[ok] = np.clip(albedo * irradiance, 0, 1)

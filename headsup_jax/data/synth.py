@@ -18,16 +18,18 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from headsup_jax.data.appearance import paint, texel_basis
+from headsup_jax.data.appearance import paint, texel_basis, uv_per_metre
 from headsup_jax.geometry.features import anchor_points, feature_anchors
 from headsup_jax.data.blendshapes import ARKIT_BLENDSHAPES
 from headsup_jax.data.capture import CameraSpec, write_capture
 from headsup_jax.data.io import encode_png, write_json_atomic
 from headsup_jax.data.raycast import Lighting, MeshRenderer, Surface
+from headsup_jax.render.types import camera_centre
 
-# Texture height per image height: at 2, the faces of both templates get about 2 texels per image pixel
-# (median over the frontal cameras' face triangles: procedural 2.3, ICT 3.7), so pores and freckles are
-# at the detail the images can show and no finer (painting cost grows with T^2).
+STAGES = ("paint", "mesh", "render", "encode", "write")  # per subject, in Generator.seconds
+# Default texture resolution: the face gets this many texels per image pixel at the rig's median camera
+# distance (1 per ray at 2 x 2 rays per pixel), so pores and freckles are at the detail the images can
+# show and no finer: painting and its set-up cost grow with T^2.
 TEXELS_PER_PIXEL = 2
 KEY_LIGHTS = np.array([[0.6, 0.5, 0.8], [-0.6, 0.3, 0.8], [0.0, 0.9, 0.3], [0.0, 0.3, -1.0]])  # key, fill, top, rim
 
@@ -39,7 +41,7 @@ class SynthConfig:
     seed: int = 0
     template: str = "procedural"
     frames: int = 1  # 1: neutral only; more: frame 0 neutral, then random sparse expressions
-    texture_resolution: int | None = None  # UV texture height T; None: TEXELS_PER_PIXEL x resolution
+    texture_resolution: int | None = None  # UV texture height T; None: TEXELS_PER_PIXEL on the face
     supersample: int = 2
     jitter: bool = True  # per-subject calibration noise on the rig
     # template regions not rendered (ICT-FaceKit's transparent overlays), matched by name prefix
@@ -94,9 +96,20 @@ class Generator:
         clock("template")
         hidden = [idx for name, idx in self.template.regions.items() if name.startswith(config.hidden_regions)]
         shown = np.setdiff1d(np.arange(len(self.template.faces)), np.concatenate(hidden) if hidden else [])
-        self.basis = texel_basis(self.template, config.texture_resolution or TEXELS_PER_PIXEL * config.resolution,
-                                 shown)  # only the rendered faces are laid out and painted
+        T = config.texture_resolution or self._texture_resolution(shown)
+        self.basis = texel_basis(self.template, T, shown)  # only the rendered faces are laid out and painted
         clock("basis")
+
+    def _texture_resolution(self, faces: np.ndarray) -> int:
+        """T giving the face TEXELS_PER_PIXEL texels per pixel at the rig's median focal length / distance
+        to the head (rounded up to a multiple of 8)."""
+        from headsup_jax.geometry.rigs import TARGET, make_rig
+
+        c = self.config
+        cams = make_rig(c.rig, c.resolution, seed=c.seed)
+        pixels_per_metre = np.median([float(np.asarray(cam.K)[1, 1]) / np.linalg.norm(
+            camera_centre(np.asarray(cam.world_to_cam, np.float64)) - TARGET) for cam in cams])
+        return int(8 * np.ceil(TEXELS_PER_PIXEL * pixels_per_metre / uv_per_metre(self.template, faces) / 8))
 
     def cameras(self, index: int) -> list:
         from headsup_jax.geometry.rigs import Jitter, make_rig

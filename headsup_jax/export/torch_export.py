@@ -17,9 +17,10 @@ import jax
 import numpy as np
 from etils import epath
 from flax import nnx
-from safetensors.numpy import save_file
+from safetensors.numpy import save
 
 from headsup_jax.errors import InputError
+from headsup_jax.fileio import write_bytes_atomic, write_text_atomic
 from headsup_jax.geometry.anchor import MAX_FOOTPRINT, NORMAL_SCALE, OPACITY_BIAS, TANGENT_SCALE
 from headsup_jax.model.decoder import ATTRIBUTES
 from headsup_jax.model.layers import Buffer
@@ -90,16 +91,22 @@ def torch_spec(model, config, step: int | None = None) -> dict:
     }
 
 
-def export_torch(model, config, out, step: int | None = None) -> tuple[epath.Path, epath.Path]:
-    """Writes `out` (.safetensors) and `out` with suffix .json -> both paths."""
+def output_path(out) -> epath.Path:
+    """`out` as a path, or an InputError unless it ends in .safetensors."""
     out = epath.Path(out)
     if out.suffix != ".safetensors":
         raise InputError(f"{out}: --out must end in .safetensors")
+    return out
+
+
+def export_torch(model, config, out, step: int | None = None) -> tuple[epath.Path, epath.Path]:
+    """Writes `out` (.safetensors; local or gs://) and `out` with suffix .json, atomically -> both paths."""
+    out = output_path(out)
     spec = json.dumps(torch_spec(model, config, step), indent=1, default=_plain)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(torch_state(model), str(out), metadata={"headsup_config": spec})
+    write_bytes_atomic(out, save(torch_state(model), metadata={"headsup_config": spec}))
     side = out.with_suffix(".json")
-    side.write_text(spec + "\n")
+    write_text_atomic(side, spec + "\n")
     return out, side
 
 
@@ -149,7 +156,7 @@ def check_export(model, path, images, K, world_to_cam) -> dict[str, float]:
     torch = require_torch()
     from headsup_jax.export.torch_model import load_model
 
-    torch_model = load_model(path)
+    torch_model = load_model(epath.Path(path).read_bytes())  # local or gs://
     with torch.no_grad():
         got, _ = torch_model(*(torch.from_numpy(np.array(x, np.float32)) for x in (images, K, world_to_cam)))
     ref, _ = model(images, K, world_to_cam)

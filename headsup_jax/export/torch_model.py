@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import pathlib
 from typing import NamedTuple
 
 import torch
@@ -376,15 +377,17 @@ class HeadsUp(nn.Module):
         return gaussians, {"uv_map": uv_map, "offsets": raw["offset"]}
 
 
-def load_model(path, map_location="cpu") -> HeadsUp:
-    """The model of an exported file (`headsup export torch`), loaded with strict=True, in eval mode."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+def load_model(source, map_location="cpu") -> HeadsUp:
+    """The model of an exported file (`headsup export torch`; a path, or its bytes), loaded with strict=True,
+    in eval mode."""
+    from safetensors.torch import load
 
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
+    data = source if isinstance(source, bytes) else pathlib.Path(source).read_bytes()
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])  # the safetensors header
+    metadata = header.get("__metadata__") or {}
     if "headsup_config" not in metadata:
-        raise ValueError(f"{path}: no 'headsup_config' in the safetensors metadata; not a `headsup export torch` file")
+        raise ValueError(f"{source if not isinstance(source, bytes) else 'data'}: no 'headsup_config' in the "
+                         "safetensors metadata; not a `headsup export torch` file")
     model = HeadsUp(json.loads(metadata["headsup_config"]))
-    model.load_state_dict(load_file(str(path), device=map_location), strict=True)
+    model.load_state_dict(load(data), strict=True)
     return model.to(map_location).eval()

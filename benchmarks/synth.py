@@ -6,7 +6,8 @@ and image height, split into stages, and the time of a 1,000-subject ICT set at 
 Each (template, resolution) row runs in a fresh process (frontal16 rig, 4 rays per pixel, the default
 texture resolution): set-up is the import, the template, the texel basis and the first subject's extra time
 (JAX compiles `deform`); then `--subjects` subjects are timed with their stages (`Generator.seconds`):
-paint, mesh (deform, normals, Embree scene), render (ray casting and shading), encode (PNG) and write.
+paint, mesh (deform, normals, Embree scene), render (ray casting and shading), encode (PNG) and write,
+in wall seconds, and the process's CPU seconds (all its threads) per subject, which the load disturbs less.
 The projection is set-up + 1,000 x s/subject / 2 (two worker processes, each with its own set-up);
 `--run N` also times a real `generate` of N ICT subjects at 128 on 2 workers (written under /tmp, then
 deleted). The load average (1 minute) next to each row: the machine is shared.
@@ -35,12 +36,12 @@ def measure(template: str, resolution: int, subjects: int) -> dict:
         gen.subject(0, pathlib.Path(out))  # first subject: JAX compiles deform
         first = time.perf_counter() - t1
         gen.seconds.clear()
-        t1 = time.perf_counter()
+        t1, cpu = time.perf_counter(), time.process_time()
         views = sum(gen.subject(i, pathlib.Path(out)) for i in range(1, subjects + 1))
-        dt = time.perf_counter() - t1
+        dt, cpu = time.perf_counter() - t1, time.process_time() - cpu
     return {"setup": setup + max(first - dt / subjects, 0.0), "views_per_s": views / dt, "s_per_subject": dt / subjects,
-            "texture": list(gen.basis.shape), **{k: gen.seconds[k] / subjects for k in STAGES},
-            "load": os.getloadavg()[0]}
+            "cpu_per_subject": cpu / subjects, "texture": list(gen.basis.shape),
+            **{k: gen.seconds[k] / subjects for k in STAGES}, "load": os.getloadavg()[0]}
 
 
 def run_generate(n: int) -> tuple[float, float]:
@@ -64,9 +65,9 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(args.one[0], int(args.one[1]), args.subjects)))
         return
-    print("| template | image (H x W) | texture | views/s | s/subject | paint | mesh | render | encode | write | "
-          "set-up s/process | load |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| template | image (H x W) | texture | views/s | s/subject | CPU s/subject | paint | mesh | render | encode | "
+          "write | set-up s/process | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = {}
     for template in ("procedural", "ict"):
         for res in (64, 128, 256):
@@ -74,7 +75,7 @@ def main() -> None:
                                   str(args.subjects)], check=True, capture_output=True, text=True).stdout
             r = rows[template, res] = json.loads(out.strip().splitlines()[-1])
             print(f"| {template} | {res} x {round(0.75 * res)} | {r['texture'][0]} x {r['texture'][1]} | "
-                  f"{r['views_per_s']:.1f} | {r['s_per_subject']:.3f} | "
+                  f"{r['views_per_s']:.1f} | {r['s_per_subject']:.3f} | {r['cpu_per_subject']:.3f} | "
                   + " | ".join(f"{r[k]:.3f}" for k in STAGES) + f" | {r['setup']:.1f} | {r['load']:.1f} |", flush=True)
     r = rows["ict", 128]
     print(f"\nProjection, 1,000 ICT subjects at 128 x 96 on 2 workers: {r['setup']:.1f} s set-up + 1000 x "

@@ -26,6 +26,9 @@ setup(
         "matplotlib>=3.9",
         "plyfile>=1.1",
         "safetensors>=0.4",
+        "imageio>=2.34",  # turntable videos (headsup render views ... --out video.mp4)
+        "imageio-ffmpeg>=0.5",  # ships an ffmpeg binary in its wheel
+        "viser>=1.0",  # headsup view: Gaussian splats in the browser (needs rich<15)
     ],
     extras_require={
         # accelerator builds of jaxlib (the default install is CPU-only): pip install -e ".[tpu]" or ".[cuda12]"

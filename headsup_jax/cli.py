@@ -14,12 +14,19 @@ headsup-jax: feed-forward 3D Gaussian heads from calibrated multi-view captures 
 Train a model on capture folders or synthetic subjects, evaluate it on held-out identities, and
 prepare or inspect the data and head templates it needs."""
 EPILOG = "Run `headsup COMMAND --help` for a command's options (`headsup train --helpfull` for train/eval)."
-# group name -> (module exposing `register(subparsers)`, one-line help); imported only when used
+# group name -> (module exposing `register(subparsers)`, or "module:function", one-line help)
 COMMAND_GROUPS = {
-    "render": ("headsup_jax.render.cli", "render demo scenes with the Gaussian rasteriser"),
+    "render": ("headsup_jax.infer.cli:register_render",
+               "render Gaussian files or a reconstruction (views, turntables, vs ground truth) and demo scenes"),
     "template": ("headsup_jax.geometry.cli", "look at a head template, its UV atlas and anchored Gaussians"),
     "data": ("headsup_jax.data.cli", "validate, build, generate and inspect capture data"),
     "lpips": ("headsup_jax.model.lpips_cli", "convert LPIPS (VGG16) weights for the perceptual loss"),
+}
+# commands without subcommands: name -> ("module:function" adding the arguments to its parser, one-line help)
+COMMANDS = {
+    "reconstruct": ("headsup_jax.infer.cli:add_reconstruct",
+                    "turn a capture into a .ply/.splat head with a trained model (one forward pass)"),
+    "view": ("headsup_jax.infer.cli:add_view", "look at a .ply/.splat head in the browser (viser, localhost)"),
 }
 # commands with absl flags of their own (`headsup train --config=... --config.x=y`): module exposing main(argv)
 ABSL_COMMANDS = {
@@ -28,16 +35,32 @@ ABSL_COMMANDS = {
 }
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps long command names (`reconstruct`) on their help's line: argparse measures sub-commands
+    before indenting them, two columns short."""
+
+    def add_argument(self, action):
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):
+            self._action_max_length = max(self._action_max_length, max(map(len, action.choices), default=0) + 4)
+
+
+def _function(target: str, default: str):
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name or default)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="headsup", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=_HelpFormatter)
     sub = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
     for name, (_, help_text) in ABSL_COMMANDS.items():
         sub.add_parser(name, help=help_text)
-    for name, (module, help_text) in COMMAND_GROUPS.items():
+    for name, (target, help_text) in COMMAND_GROUPS.items():
         group = sub.add_parser(name, help=help_text, description=help_text)
-        importlib.import_module(module).register(group.add_subparsers(dest="command", required=True,
-                                                                      metavar="COMMAND"))
+        _function(target, "register")(group.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    for name, (target, help_text) in COMMANDS.items():
+        _function(target, "")(sub.add_parser(name, help=help_text, description=help_text))
     return parser
 
 

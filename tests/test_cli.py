@@ -9,7 +9,7 @@ import sys
 import jax
 import pytest
 
-from headsup_jax.cli import ABSL_COMMANDS, COMMAND_GROUPS, build_parser, main
+from headsup_jax.cli import ABSL_COMMANDS, COMMAND_GROUPS, COMMANDS, build_parser, main
 from headsup_jax.data.capture import CaptureError
 from headsup_jax.errors import BackendError, InputError, TemplateError, TemplateNotFoundError
 from headsup_jax.geometry import loaders
@@ -40,7 +40,7 @@ def test_top_level_help_describes_the_tool_and_lists_every_group(capsys):
     assert "registers itself" not in out  # the developer docstring is not the description
     assert "headsup COMMAND --help" in out
     helps = {a.dest: a.help for a in _subparsers(build_parser())._choices_actions}
-    assert set(helps) == set(ABSL_COMMANDS) | set(COMMAND_GROUPS)
+    assert set(helps) == set(ABSL_COMMANDS) | set(COMMAND_GROUPS) | set(COMMANDS)
     for name, text in helps.items():
         assert text and f"{name}  " in out and text.split()[0] in out
 
@@ -55,6 +55,9 @@ def test_every_subcommand_and_option_has_help():
         for name, parser in commands.choices.items():
             for action in parser._actions:
                 assert action.help, f"headsup {group} {name}: {action.option_strings or action.dest}"
+    for name in COMMANDS:
+        for action in groups[name]._actions:
+            assert action.help, f"headsup {name}: {action.option_strings or action.dest}"
 
 
 def test_bad_template_obj_is_one_line_exit_2(tmp_path, capsys, monkeypatch):

@@ -1,0 +1,136 @@
+"""`headsup reconstruct`, `headsup render views|compare` (beside the renderer's `demo`) and `headsup view`:
+using a trained model and the files of Gaussians it writes. One `add_*` function per command."""
+from __future__ import annotations
+
+
+def _views_options(parser) -> None:
+    pick = parser.add_mutually_exclusive_group()
+    pick.add_argument("--views", help="input camera indices into cameras.json, e.g. 0,3,7")
+    pick.add_argument("--num-views", type=int, help="input views spread over the rig (default: the config's N)")
+
+
+def _model_options(parser) -> None:
+    parser.add_argument("--workdir", required=True, help="the training run's folder (local or gs://)")
+    parser.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+    parser.add_argument("--capture", required=True, help="a capture folder (cameras.json, images/, masks/)")
+    _views_options(parser)
+
+
+def _capture_and_views(args):
+    """The validated capture and the --views indices, checked before the model is loaded (fast errors)."""
+    from headsup_jax.data.capture import load_capture
+    from headsup_jax.infer.reconstruct import parse_views, pick_views
+
+    capture = load_capture(args.capture)
+    views = None if args.views is None else parse_views(args.views)
+    if views is not None or args.num_views is not None:
+        pick_views(capture, views, args.num_views)
+    return capture, views
+
+
+def add_reconstruct(parser) -> None:
+    _model_options(parser)
+    parser.add_argument("--out", required=True, help="head.ply (3DGS layout) or head.splat")
+    parser.add_argument("--sh-degree", type=int, choices=[0, 1, 2, 3],
+                        help="PLY SH degree (default: the model's; 3 pads zeros, 45 f_rest, for strict viewers)")
+    parser.set_defaults(run=run_reconstruct)
+
+
+def run_reconstruct(args) -> None:
+    from headsup_jax.export.checks import save_gaussians
+    from headsup_jax.infer.reconstruct import reconstruct
+    from headsup_jax.infer.trained import load_trained
+
+    capture, views = _capture_and_views(args)
+    trained = load_trained(args.workdir, args.step)
+    result = reconstruct(trained, capture, views, args.num_views)
+    save_gaussians(result.head, args.out, args.sh_degree)
+    print(f"wrote {args.out}: {result.head.count} Gaussians from {len(result.input_ids)} views "
+          f"({','.join(result.input_ids)}) of {result.capture.subject!r}, step {trained.step}; "
+          f"forward {1e3 * result.latency_s:.1f} ms (compile and first run {result.compile_s:.1f} s)")
+
+
+def register_render(sub) -> None:
+    """`headsup render`: the renderer's own `demo` and the commands for files and trained models."""
+    from headsup_jax.render import cli as render_cli
+
+    render_cli.register(sub)
+    add_render_views(sub.add_parser("views", help="render a .ply/.splat file from a rig, a turntable or a "
+                                    "capture's cameras to PNGs or an mp4"))
+    add_render_compare(sub.add_parser("compare", help="reconstruct a capture and render its non-input views "
+                                      "beside the ground truth (grid PNG, per-view PSNR)"))
+
+
+def add_render_views(parser) -> None:
+    parser.add_argument("file", help="head.ply or head.splat")
+    parser.add_argument("--cameras", default="frontal16",
+                        help="frontal16, dome80, turntable, or a capture folder (its cameras)")
+    parser.add_argument("--out", required=True, help="a folder for PNGs, or video.mp4 (frames in camera order)")
+    parser.add_argument("--resolution", type=int, help="image height in pixels (default: 256 for rigs, the "
+                        "capture's own size for a capture)")
+    parser.add_argument("--frames", type=int, default=60, help="turntable frames")
+    parser.add_argument("--fps", type=int, default=30, help="video frames per second")
+    parser.add_argument("--background", default="1,1,1", help="background colour R,G,B in [0, 1]")
+    parser.add_argument("--backend", default="auto", choices=["auto", "xla", "pallas"], help="rasteriser backend")
+    parser.set_defaults(run=run_render_views)
+
+
+def run_render_views(args) -> None:
+    from headsup_jax.data.capture import load_capture
+    from headsup_jax.export.checks import load_gaussians
+    from headsup_jax.infer import render
+    from headsup_jax.infer.reconstruct import load_views
+
+    gaussians = load_gaussians(args.file)
+    background = [float(v) for v in args.background.split(",")]
+    if args.cameras in render.RIGS:
+        cameras = render.rig_cameras(args.cameras, args.resolution or 256, args.frames)
+        names = [f"{args.cameras}_{i:03d}" for i in range(len(cameras))]
+    else:
+        capture = load_capture(args.cameras)
+        views = load_views(capture, range(len(capture.cameras)), args.resolution)
+        cameras, names = [v.camera for v in views], [v.camera_id for v in views]
+    images = render.render_images(gaussians, cameras, background, args.backend)
+    if args.out.lower().endswith(".mp4"):
+        render.write_video(images, args.out, args.fps)
+        print(f"wrote {args.out}: {len(images)} frames {images[0].shape[1]}x{images[0].shape[0]} at {args.fps} fps")
+    else:
+        render.write_pngs(images, names, args.out)
+        print(f"wrote {len(images)} PNGs to {args.out}/ ({gaussians.count} Gaussians)")
+
+
+def add_render_compare(parser) -> None:
+    _model_options(parser)
+    parser.add_argument("--out", required=True, help="grid PNG; per-view PSNR also goes to the same name .json")
+    parser.add_argument("--resolution", type=int, help="image height of the comparison (default: the capture's)")
+    parser.set_defaults(run=run_render_compare)
+
+
+def run_render_compare(args) -> None:
+    from headsup_jax.fileio import write_json_atomic
+    from headsup_jax.infer.render import compare, write_png
+    from headsup_jax.infer.trained import load_trained
+
+    capture, views = _capture_and_views(args)
+    result = compare(load_trained(args.workdir, args.step), capture, views, args.num_views, args.resolution)
+    write_png(args.out, result.grid)
+    table = dict(zip(result.camera_ids, result.psnr))
+    json_path = args.out.rsplit(".", 1)[0] + ".json"
+    write_json_atomic(json_path, {"inputs": result.input_ids, "psnr": table})
+    for cid, value in table.items():
+        print(f"{cid}: {value:.2f} dB")
+    print(f"wrote {args.out} and {json_path}: {len(table)} held-out views, mean PSNR "
+          f"{sum(result.psnr) / len(result.psnr):.2f} dB, inputs {','.join(result.input_ids)}")
+
+
+def add_view(parser) -> None:
+    parser.add_argument("file", help="head.ply or head.splat")
+    parser.add_argument("--port", type=int, default=8080, help="port to serve on (if taken, viser takes the next free one)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.set_defaults(run=run_view)
+
+
+def run_view(args) -> None:
+    from headsup_jax.infer.view import serve
+
+    serve(args.file, args.host, args.port)

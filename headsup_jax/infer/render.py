@@ -23,7 +23,7 @@ from headsup_jax.render.types import Camera, Gaussians
 
 RIGS = ("frontal16", "dome80", "turntable")
 TURNTABLE = dict(radius=1.0, fov_y_degrees=26.0, elevation_degrees=10.0)  # frontal16's distance and lens
-LABEL_HEIGHT = 14  # pixels of the caption strip under each grid cell
+LABEL_HEIGHT = 24  # pixels of the caption strip under each grid cell (two lines: camera, PSNR)
 
 
 def rig_cameras(name: str, resolution: int, frames: int = 60) -> list[Camera]:
@@ -100,7 +100,7 @@ def grid_image(targets, renders, captions) -> np.ndarray:
         h, w = target.shape[:2]
         cell[:h, :w], cell[H:H + h, :w] = target, render
         label = Image.fromarray(cell[2 * H:])
-        ImageDraw.Draw(label).text((2, 1), caption, fill=(0, 0, 0))
+        ImageDraw.Draw(label).multiline_text((2, 1), caption, fill=(0, 0, 0), spacing=1)
         cell[2 * H:] = np.asarray(label)
         cells.append(cell)
     return np.concatenate(cells, 1)
@@ -128,5 +128,5 @@ def compare(trained, capture, views=None, num_views: int | None = None,
     renders = render_images(gaussians, [v.camera for v in views], background, config.render.backend, **options)
     psnr = [psnr_uint8(r, t) for r, t in zip(renders, targets)]
     ids = [result.capture.cameras[i].id for i in held]
-    grid = grid_image(targets, renders, [f"{cid} {p:.2f} dB" for cid, p in zip(ids, psnr)])
+    grid = grid_image(targets, renders, [f"{cid}\n{p:.2f} dB" for cid, p in zip(ids, psnr)])
     return Comparison(ids, result.input_ids, renders, targets, psnr, grid, result.latency_s)

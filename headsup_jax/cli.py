@@ -21,6 +21,7 @@ COMMAND_GROUPS = {
     "template": ("headsup_jax.geometry.cli", "look at a head template, its UV atlas and anchored Gaussians"),
     "data": ("headsup_jax.data.cli", "validate, build, generate and inspect capture data"),
     "lpips": ("headsup_jax.model.lpips_cli", "convert LPIPS (VGG16) weights for the perceptual loss"),
+    "export": ("headsup_jax.infer.cli:register_export", "write a trained model for PyTorch (safetensors + config)"),
 }
 # commands without subcommands: name -> ("module:function" adding the arguments to its parser, one-line help)
 COMMANDS = {

@@ -134,3 +134,39 @@ def run_view(args) -> None:
     from headsup_jax.infer.view import serve
 
     serve(args.file, args.host, args.port)
+
+
+def register_export(sub) -> None:
+    """`headsup export torch`: a trained model as one safetensors file for the PyTorch mirror."""
+    parser = sub.add_parser("torch", help="write the model as model.safetensors (+ .json config) for "
+                            "headsup_jax.export.torch_model, and check it against the JAX model")
+    parser.add_argument("--workdir", required=True, help="the training run's folder (local or gs://)")
+    parser.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+    parser.add_argument("--out", required=True, help="model.safetensors (its config also goes to model.json)")
+    parser.add_argument("--no-check", dest="check", action="store_false",
+                        help="skip the forward pass of both models on random views (the strict load still runs)")
+    parser.set_defaults(run=run_export_torch)
+
+
+def run_export_torch(args) -> None:
+    import time
+
+    from headsup_jax.export import torch_export
+    from headsup_jax.infer.trained import load_trained
+
+    torch_export.require_torch()  # both before minutes of loading
+    torch_export.output_path(args.out)
+    trained = load_trained(args.workdir, args.step)
+    start = time.perf_counter()
+    path, side = torch_export.export_torch(trained.model, trained.config, args.out, trained.step)
+    took = time.perf_counter() - start
+    print(f"wrote {path} and {side}: step {trained.step}, {trained.model.num_gaussians} Gaussians ({took:.1f} s)")
+    if args.check:
+        errors = torch_export.check_export(trained.model, path, *torch_export.probe_inputs(trained.config))
+        print(f"torch vs JAX ({trained.config.compute_dtype} compute in JAX), max relative error: "
+              + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
+    else:
+        from headsup_jax.export.torch_model import load_model
+
+        load_model(path.read_bytes())
+        print("loads into headsup_jax.export.torch_model.HeadsUp with strict=True")

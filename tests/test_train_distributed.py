@@ -9,12 +9,10 @@ where every parameter has moved and depends on the gradients and Adam moments of
 """
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 
-from train_worker import jax_cache, run_worker  # noqa: F401  (jax_cache: a fixture)
+from train_worker import jax_cache, run_processes, run_worker  # noqa: F401  (jax_cache: a fixture)
 
 # float32 with a different reduction order (sharded matmuls, psum of gradients over the batch): loss
 # differences are ~1e-7; parameters move by ~1e-3 per Adam step, sharding noise is far below that.
@@ -59,31 +57,11 @@ def test_sharded_step_equals_single_device(tmp_path, reference, jax_cache):
     _assert_params_close(_params(got, "step3/"), _params(reference, "step3/"), before=_params(reference, "step2/"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_equal_single_process(tmp_path, reference, jax_cache):
     """2 local processes (jax.distributed, gloo), each feeding half of the global batch: 3 steps and a
     checkpoint; losses and parameters equal the single-process run."""
-    port = _free_port()
     out = tmp_path / "multihost.npz"
-    procs = [run_worker(["multihost", str(out), "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2",
-                         "--process_id", str(i), "--workdir", str(tmp_path / "run")], jax_cache, devices=1, wait=False)
-             for i in range(2)]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=400)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for i, (p, log) in enumerate(zip(procs, logs)):
-        assert p.returncode == 0, f"process {i} failed:\n{log[-4000:]}"
+    run_processes(["multihost", str(out), "--workdir", str(tmp_path / "run")], jax_cache, timeout=400)
     got = dict(np.load(out))
     np.testing.assert_allclose(got["losses"], reference["losses"], rtol=LOSS_RTOL)
     _assert_params_close(_params(got, "step3/"), _params(reference, "step3/"), before=_params(reference, "step2/"))

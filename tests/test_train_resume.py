@@ -10,12 +10,11 @@ checkpoint into a freshly built experiment.
 from __future__ import annotations
 
 import json
-import socket
 
 import numpy as np
 import pytest
 
-from train_worker import BATCH, jax_cache, run_worker  # noqa: F401  (jax_cache: a fixture)
+from train_worker import BATCH, jax_cache, run_processes, run_worker  # noqa: F401  (jax_cache: a fixture)
 
 SHARDED_ATOL = 2e-5  # another reduction order (sharded matmuls, psum over devices): see test_train_distributed
 
@@ -80,12 +79,6 @@ def test_restore_from_eight_devices_onto_one(tmp_path, full, jax_cache):
     _assert_params(resumed, ref, SHARDED_ATOL)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_fsdp_loop_with_image_logs_resumes_a_one_process_run(tmp_path, full, jax_cache):
     """`loop.train` itself on 2 local processes (gloo) with parameters FSDP-sharded over both and held-out
     renders logged every step (evaluation over sharded state on every process), resuming a 1-process
@@ -94,21 +87,9 @@ def test_two_process_fsdp_loop_with_image_logs_resumes_a_one_process_run(tmp_pat
     full_run, ref = full
     part = _part(tmp_path, full_run)
     run_worker(["loop", str(tmp_path / "first.npz"), "--workdir", str(part), "--stop_at", "3"], jax_cache)
-    port = _free_port()
-    procs = [run_worker(["loop", str(tmp_path / "resumed.npz"), "--workdir", str(part), "--mesh", "1,2,1",
-                         "--images_every", "1", "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2",
-                         "--process_id", str(i)], jax_cache, wait=False) for i in range(2)]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=500)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for i, (p, log) in enumerate(zip(procs, logs)):
-        assert p.returncode == 0, f"process {i} failed:\n{log[-4000:]}"
+    logs = run_processes(["loop", str(tmp_path / "resumed.npz"), "--workdir", str(part), "--mesh", "1,2,1",
+                          "--images_every", "1"], jax_cache)
+    for log in logs:
         assert "saved by 1 process(es), this run has 2: resharding the data position" in log, log[-3000:]
     resumed = dict(np.load(tmp_path / "resumed.npz"))
     assert int(resumed["step"]) == 6 and int(resumed["process_count"]) == 2

@@ -246,6 +246,35 @@ def run_worker(args: list[str], cache_dir, devices: int = 1, wait: bool = True, 
     return log
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_processes(args: list[str], cache_dir, num_processes: int = 2, timeout: float = 500) -> list[str]:
+    """`args` on `num_processes` local processes joined at a free port (--coordinator, --num_processes and
+    --process_id appended); waits for all, kills the rest if one hangs -> their logs; raises if one failed."""
+    port = free_port()
+    procs = [run_worker([*args, "--coordinator", f"127.0.0.1:{port}", "--num_processes", str(num_processes),
+                         "--process_id", str(i)], cache_dir, wait=False) for i in range(num_processes)]
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=timeout)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for i, (p, log) in enumerate(zip(procs, logs)):
+        if p.returncode:
+            raise AssertionError(f"process {i} of {' '.join(args)} failed ({p.returncode}):\n{log[-4000:]}")
+    return logs
+
+
 try:
     import pytest
 

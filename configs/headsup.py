@@ -42,7 +42,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
                    offset_scale=0.01,  # metres per unit of raw offset
                    # cross-attention bias -g |query's template point - token's ray|^2 (README), with
                    # per-head g = 1 / (2 sigma^2) at init, sigma spread over ray_sigmas (metres)
-                   ray_bias=True, ray_sigmas=(0.02, 0.16))
+                   ray_bias=True, ray_sigmas=(0.02, 0.16),
+                   # queries start from the views' colours at samples x samples points of their UV cell and
+                   # the mean encoder feature there (model/pixel_aligned.py)
+                   pixel_aligned=dict(enabled=False, samples=4))
     c.background = dict(enabled=False, num_gaussians=4096, radius=3.0, code_dim=32, width=64)
 
     c.data = dict(

@@ -11,8 +11,9 @@ memorise identities). So the test stops at 120 steps: about 2 minutes of trainin
 import numpy as np
 
 from headsup_jax.train.config import size_config
-from headsup_jax.train.data import eval_batches
-from headsup_jax.train.evaluate import evaluate, mean_head_colour, template_baseline
+from headsup_jax.train.data import eval_batches, eval_source
+from headsup_jax.eval.evaluate import evaluate
+from headsup_jax.eval.references import mean_head_colour, template_baseline
 from headsup_jax.train.experiment import build_experiment
 from headsup_jax.train.loop import train
 
@@ -29,10 +30,11 @@ def test_beats_the_mean_colour_template_on_held_out_identities(tmp_path):
     result = evaluate(config, tmp_path, "test", num_subjects=16, num_targets=4)
     assert result["step"] == STEPS and result["subjects"] >= 5  # 10% of 64 identities, never trained on
 
-    colour = mean_head_colour(next(eval_batches(config, tmp_path, "train", 64, 4, batch_size=64)))
-    test = next(eval_batches(config, tmp_path, "test", 16, 4, batch_size=16))  # the subjects `evaluate` scored
-    baseline = template_baseline(build_experiment(config, tmp_path), test, colour)["psnr"]  # [B, M]
-    model = np.asarray(result["per_subject"]["psnr"])  # [B]
+    colour = mean_head_colour(next(eval_batches(config, eval_source(config, tmp_path, "train")[0], 64, 4,
+                                                batch_size=64)))
+    test = next(eval_batches(config, eval_source(config, tmp_path, "test")[0], 16, 4, batch_size=16))  # as scored
+    baseline = template_baseline(build_experiment(config, tmp_path), test, colour)["psnr_head"]  # [B, M]
+    model = np.asarray(result["per_subject"]["psnr_head"])  # [B]
     print(f"held-out PSNR: model {model.mean():.2f} dB, mean-colour template {baseline.mean():.2f} dB; per subject "
           f"{np.round(model, 1)} vs {np.round(baseline.mean(1), 1)}")
     assert model.mean() >= baseline.mean() + 2.0

@@ -16,7 +16,7 @@ from headsup_jax.geometry.features import FEATURES, anchor_points, feature_ancho
 from headsup_jax.model.lpips import load_lpips, save_lpips, weight_shapes
 from headsup_jax.render.cameras import look_at_matrix
 from headsup_jax.train.config import size_config
-from headsup_jax.train.evaluate import evaluate_batch
+from headsup_jax.eval.evaluate import evaluate_batch
 from headsup_jax.train.experiment import build_experiment
 from headsup_jax.train.objective import feature_maps, objective, render_views
 

@@ -11,7 +11,7 @@ from headsup_jax.data.synth import SynthConfig, generate
 from headsup_jax.data.tfds_builder import capture_example
 from headsup_jax.data.views import ViewSpec, make_views
 from headsup_jax.train.config import size_config
-from headsup_jax.train.evaluate import evaluate_batch
+from headsup_jax.eval.evaluate import evaluate_batch
 from headsup_jax.train.experiment import build_experiment
 from headsup_jax.train.sharding import global_batch
 from headsup_jax.train.step import TrainStep

@@ -22,6 +22,7 @@ from headsup_jax.fileio import write_bytes_atomic
 from headsup_jax.geometry import load_template
 from headsup_jax.geometry.procedural import procedural_template
 from headsup_jax.train import loop, workdir
+from headsup_jax.data.tfds_builder import load_source
 from headsup_jax.train.checkpoint import Checkpointer
 from headsup_jax.train.config import size_config
 from headsup_jax.train.data import dataset_dir, eval_batches, held_out_split, resume_position
@@ -200,9 +201,10 @@ def test_held_out_split_is_checked_at_start(datasets, caplog):
 def test_evaluation_batches_cover_the_subjects_in_batches_of_the_batch_size(datasets):
     config = _tiny()
     config.data.image_size, config.data.num_inputs, config.data.batch_size = (24, 18), 2, 2
-    batches = list(eval_batches(config, datasets["both"], "train", 16, num_targets=2))
+    source = load_source(datasets["both"], "train")
+    batches = list(eval_batches(config, source, 16, num_targets=2))
     assert [len(b["subject"]) for b in batches] == [2, 1]
-    whole = next(eval_batches(config, datasets["both"], "train", 16, num_targets=2, batch_size=16))
+    whole = next(eval_batches(config, source, 16, num_targets=2, batch_size=16))
     for key in ("subject", "inputs", "targets"):
         np.testing.assert_array_equal(np.concatenate([b[key] for b in batches]), whole[key])
 

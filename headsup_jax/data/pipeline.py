@@ -94,7 +94,7 @@ class DataIterator:
         if self._config.input_bucket:
             rng = np.random.default_rng([self._seed, self._counts["batches"]])
             n = int(rng.choice(self._config.input_bucket))
-            batch["inputs"] = batch["inputs"][:, :n]
+            batch["inputs"], batch["input_masks"] = batch["inputs"][:, :n], batch["input_masks"][:, :n]
             batch["input_cameras"] = {k: v[:, :n] for k, v in batch["input_cameras"].items()}
         self._counts["batches"] += 1
         self._counts["examples"] += self._config.batch_size

@@ -39,13 +39,15 @@ def crop_resize(image: Image.Image, K: np.ndarray, width: int, height: int,
 
 
 def select_views(num_cameras: int, spec: ViewSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the input [N] and supervision [M] cameras."""
+    """Indices of the input [N] and supervision [M] cameras. Disjoint views are one permutation's first
+    N and last M, so for a record and seed the supervision views do not depend on N and the inputs of a
+    smaller N are a subset of a larger N's (the fidelity protocol's view sweep)."""
     n, m = spec.num_inputs, spec.num_targets
     if spec.disjoint:
         if n + m > num_cameras:
             raise ValueError(f"{num_cameras} cameras cannot give {n} input + {m} disjoint supervision views")
-        order = rng.permutation(num_cameras)
-        return order[:n], order[n:n + m]
+        order = rng.permutation(num_cameras)  # supervision views from the end: the same ones for any n
+        return order[:n], order[num_cameras - m:]
     if max(n, m) > num_cameras:
         raise ValueError(f"{num_cameras} cameras cannot give {max(n, m)} distinct views")
     return rng.choice(num_cameras, n, replace=False), rng.choice(num_cameras, m, replace=False)
@@ -79,14 +81,15 @@ def _view(record: dict, k: int, spec: ViewSpec, subject: str, with_mask: bool):
 
 def make_views(record: dict, spec: ViewSpec, rng: np.random.Generator) -> dict:
     """A record -> {inputs [N,H,W,3], input_cameras {K [N,3,3], world_to_cam [N,4,4]}, targets [M,H,W,3],
-    target_cameras, target_masks [M,H,W] (ones without masks), has_masks, subject}, images float32 in [0, 1]."""
+    target_cameras, target_masks [M,H,W], input_masks [N,H,W] (ones without masks), has_masks, subject},
+    images float32 in [0, 1]."""
     subject = record["subject"].decode() if isinstance(record["subject"], bytes) else str(record["subject"])
     try:
         inputs, targets = select_views(len(record["camera_ids"]), spec, rng)
     except ValueError as e:
         raise CaptureError(Problem(subject, "cameras", "count", str(e))) from e
     has_masks = all(len(m) > 0 for m in record["masks"])
-    ins = [_view(record, k, spec, subject, False) for k in inputs]
+    ins = [_view(record, k, spec, subject, has_masks) for k in inputs]
     outs = [_view(record, k, spec, subject, has_masks) for k in targets]
     ones = np.ones((spec.height, spec.width), np.float32)
     return {
@@ -95,6 +98,7 @@ def make_views(record: dict, spec: ViewSpec, rng: np.random.Generator) -> dict:
         "targets": np.stack([v[0] for v in outs]),  # [M, H, W, 3]
         "target_cameras": {"K": np.stack([v[1] for v in outs]), "world_to_cam": np.stack([v[2] for v in outs])},
         "target_masks": np.stack([v[3] if has_masks else ones for v in outs]),  # [M, H, W]
+        "input_masks": np.stack([v[3] if has_masks else ones for v in ins]),  # [N, H, W]
         "has_masks": np.bool_(has_masks),
         "subject": np.bytes_(subject.encode()),
     }

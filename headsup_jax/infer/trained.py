@@ -30,6 +30,8 @@ class TrainedModel:
     template: HeadTemplate
     step: int
     workdir: epath.Path
+    experiment: object  # train.experiment.Experiment on one device, and its restored state:
+    state: nnx.State  # what the shared evaluators (eval.evaluate) take
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -59,4 +61,4 @@ def load_trained(workdir, step: int | None = None) -> TrainedModel:
     finally:
         ckpt.close()
     model = nnx.merge(experiment.graphdef, state)[0]
-    return TrainedModel(config, model, experiment.atlas, experiment.template, step, workdir)
+    return TrainedModel(config, model, experiment.atlas, experiment.template, step, workdir, experiment, state)

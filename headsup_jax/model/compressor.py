@@ -97,9 +97,13 @@ class LatentCompressor(nnx.Module):
             self.blocks = nnx.List([make(rngs) for _ in range(depth)])
         self.norm = layer_norm(dim, rngs, dtype)
 
-    def __call__(self, tokens, token_rays=None):  # [B, T, D], [B, T, 6] Plücker -> [B, Lh, Lw, D]
+    def __call__(self, tokens, token_rays=None, query_features=None):
+        """tokens [B, T, D], token_rays [B, T, 6] Plücker, query_features [B, L, D] (optional, added to the
+        queries: model.pixel_aligned) -> [B, Lh, Lw, D]"""
         q = self.queries[...] + self.prior_out(nnx.gelu(self.prior_in(self.prior[...])))  # [L, D]
         x = jnp.broadcast_to(q.astype(tokens.dtype), (tokens.shape[0],) + q.shape)
+        if query_features is not None:
+            x = x + query_features.astype(x.dtype)
         distance2 = None if self.points is None else ray_distance2(self.points[...], token_rays)  # [B, L, T]
         step = lambda block, x: block(x, tokens, distance2)
         if self.remat:

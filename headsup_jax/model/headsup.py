@@ -13,6 +13,7 @@ from headsup_jax.model.compressor import LatentCompressor, pool_cells, pooled_pr
 from headsup_jax.model.decoder import UVDecoder, split_attributes
 from headsup_jax.model.encoder import ViewEncoder
 from headsup_jax.model.layers import Buffer
+from headsup_jax.model.pixel_aligned import PixelAlignedQueries
 from headsup_jax.render import Gaussians
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -23,6 +24,17 @@ def concat_gaussians(a: Gaussians, b: Gaussians) -> Gaussians:
     k = max(a.sh.shape[-2], b.sh.shape[-2])
     pad = lambda g: dataclasses.replace(g, sh=jnp.pad(g.sh, [(0, 0), (0, 0), (0, k - g.sh.shape[-2]), (0, 0)]))
     return jax.tree.map(lambda x, y: jnp.concatenate([x, y], axis=1), pad(a), pad(b))
+
+
+def uv_to_gaussians(uv_map, template_vertices, atlas: UVAtlas, offset_scale: float) -> tuple[Gaussians, dict]:
+    """The decoder's raw UV map [B, R, R, A] -> head Gaussians [B, G] on the template (offsets scaled to
+    metres, all activations in geometry.anchor) and the raw per-Gaussian predictions name -> [B, G, n]."""
+    raw = split_attributes(atlas.gather(uv_map))  # name -> [B, G, n]
+    raw["offset"] = raw["offset"] * offset_scale  # metres
+    place = lambda r: anchor(template_vertices, atlas, offsets=r["offset"], rotations=r["rotation"],
+                             log_scales=r["log_scale"], opacity_logits=r["opacity"][..., 0],
+                             sh=r["sh"].reshape(r["sh"].shape[:-1] + (4, 3)))
+    return jax.vmap(place)(raw), raw
 
 
 class HeadsUp(nnx.Module):
@@ -43,6 +55,10 @@ class HeadsUp(nnx.Module):
         self.compressor = LatentCompressor(prior, m.dim, m.depth, m.heads, m.mlp_ratio, m.self_attention,
                                            remat=m.remat, scan_layers=m.scan_layers, points=points,
                                            ray_bias=m.ray_sigmas if m.ray_bias else (), rngs=rngs, dtype=dtype)
+        pa = m.get("pixel_aligned", {})
+        self.pixel_aligned = (PixelAlignedQueries(atlas.position_map, atlas.normal_map, atlas.mask, m.latent_size,
+                                                  pa["samples"], m.dim, m.dim, rngs=rngs, dtype=dtype)
+                              if pa.get("enabled") else None)
         self.decoder = UVDecoder(m.dim, m.latent_size, atlas.resolution, m.decoder_widths, m.decoder_blocks,
                                  rngs=rngs, dtype=dtype)
         bg = config.background
@@ -55,16 +71,18 @@ class HeadsUp(nnx.Module):
 
     def latent(self, images, K, world_to_cam):
         """[B, N, H, W, 3], [B, N, 3, 3], [B, N, 4, 4] -> Z [B, Lh, Lw, dim]"""
-        return self.compressor(*self.encoder(images, K, world_to_cam))
+        tokens, rays = self.encoder(images, K, world_to_cam)  # [B, N*h*w, D], [B, N*h*w, 6]
+        extra = None
+        if self.pixel_aligned is not None:
+            B, N, H, W, _ = images.shape
+            d = self.encoder.downsample
+            features = tokens.reshape(B, N, H // d, W // d, -1)
+            extra = self.pixel_aligned(images, features, K, world_to_cam)
+        return self.compressor(tokens, rays, extra)
 
     def head_gaussians(self, uv_map) -> tuple[Gaussians, dict]:
         """UV map [B, R, R, A] -> head Gaussians [B, G] and the raw per-Gaussian predictions."""
-        raw = split_attributes(self.atlas.gather(uv_map))  # name -> [B, G, n]
-        raw["offset"] = raw["offset"] * self.offset_scale  # metres
-        place = lambda r: anchor(self.template_vertices[...], self.atlas, offsets=r["offset"], rotations=r["rotation"],
-                                 log_scales=r["log_scale"], opacity_logits=r["opacity"][..., 0],
-                                 sh=r["sh"].reshape(r["sh"].shape[:-1] + (4, 3)))
-        return jax.vmap(place)(raw), raw
+        return uv_to_gaussians(uv_map, self.template_vertices[...], self.atlas, self.offset_scale)
 
     def __call__(self, images, K, world_to_cam) -> tuple[Gaussians, dict]:
         """Views -> Gaussians [B, G (+ G_bg)] and aux {"uv_map" [B, R, R, A], "offsets" [B, G, 3], "num_head"}."""

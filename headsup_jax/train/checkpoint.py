@@ -40,12 +40,15 @@ class Checkpointer:
         a first step that is not on the interval; a 3-step run with every=1000 saved steps 1 and 3)."""
         return self.every > 0 and step % self.every == 0
 
-    def save(self, step: int, state: nnx.State, data_state: dict | None, force: bool = False) -> bool:
-        """Starts saving `state` at `step` if the interval says so (or `force`); returns whether it did."""
+    def save(self, step: int, state: nnx.State, data_state: dict | None, force: bool = False,
+             train_seconds: float | None = None) -> bool:
+        """Starts saving `state` at `step` if the interval says so (or `force`); returns whether it did.
+        `train_seconds` (the run's training wall time so far) is recorded with the data state."""
         if not (force or self.due(step)) or step in self.manager.all_steps():
             return False
         if data_state is not None:
-            record = {"process_count": jax.process_count(), "process_index": jax.process_index(), "data": data_state}
+            record = {"process_count": jax.process_count(), "process_index": jax.process_index(), "data": data_state,
+                      "train_seconds": train_seconds}
             write_json_atomic(self._data_folder(step) / f"process_{jax.process_index()}.json", record)
         saved = self.manager.save(step, args=ocp.args.StandardSave(nnx.to_pure_dict(state)), force=True)
         self._prune_data_states()

@@ -2,6 +2,7 @@
 
     headsup train --config configs/headsup.py:tiny --workdir runs/tiny [--config.optim.lr=1e-4 ...]
     headsup eval --workdir runs/tiny [--split test --subjects 16]   # the config saved in the workdir
+    headsup eval --workdir runs/tiny --data OTHER_DATASET_OR_CAPTURES [--views 8]
 Multi-host: `jax.distributed.initialize()` is automatic on TPU pods and SLURM; locally pass
 --coordinator=HOST:PORT --num_processes=N --process_id=I. The launchers pass --require_accelerator.
 Logging: headsup_jax at INFO, libraries at WARNING; `-v N` (absl --verbosity) sets every logger to N.
@@ -28,7 +29,11 @@ flags.DEFINE_integer("process_id", None, "this process's index in a local multi-
 flags.DEFINE_bool("require_accelerator", False, "refuse to start when JAX's backend is the CPU (set by launch/)")
 flags.DEFINE_string("split", "test", "eval only: split to evaluate")
 flags.DEFINE_integer("subjects", 16, "eval only: held-out subjects to evaluate")
-EVAL_ONLY_FLAGS = ("split", "subjects")
+flags.DEFINE_string("data", None, "eval only: a built dataset (its --split) or a folder of captures, instead of the "
+                    "run's own dataset")
+flags.DEFINE_integer("views", None, "eval only: input views per subject (default: the config's data.num_inputs)")
+flags.DEFINE_integer("targets", 4, "eval only: novel (non-input) views scored per subject")
+EVAL_ONLY_FLAGS = ("split", "subjects", "data", "views", "targets")
 OUR_LOGGER = "headsup_jax"
 
 
@@ -122,9 +127,9 @@ def _run(argv) -> None:
         metrics = train(config, workdir)
         print(json.dumps({"final": metrics}, indent=2))
     else:
-        from headsup_jax.train.evaluate import evaluate
+        from headsup_jax.eval.evaluate import evaluate
 
-        summary = evaluate(config, workdir, FLAGS.split, FLAGS.subjects)
+        summary = evaluate(config, workdir, FLAGS.split, FLAGS.subjects, FLAGS.targets, FLAGS.data, FLAGS.views)
         print(json.dumps({k: v for k, v in summary.items() if k != "per_subject"}, indent=2))
 
 

@@ -163,18 +163,28 @@ def require_masks(batch: dict, config) -> None:
                          "training needs a mask per camera; add masks or set config.background.enabled=True")
 
 
-def eval_batches(config, workdir_or_dataset, split: str, num_subjects: int, num_targets: int,
-                 batch_size: int | None = None):
-    """Deterministic batches (of config.data.batch_size) of the first `num_subjects` records of a split,
-    each whole on every process; a record's views do not depend on the batch size.
-    `workdir_or_dataset`: a run's workdir or a built dataset's folder."""
+def eval_source(config, workdir, split: str, data=None):
+    """Records to evaluate: `split` of the run's dataset, of a built dataset folder `data`, or every capture
+    of a capture folder `data` (validated as `headsup data validate` does) -> (source, name)."""
+    from headsup_jax.data.capture import find_captures, load_capture
+    from headsup_jax.data.tfds_builder import capture_example, load_source
+
+    if data is None:
+        return load_source(dataset_dir(config, workdir), split), split
+    root = epath.Path(data)
+    if (root / "dataset_info.json").exists():
+        return load_source(root, split), f"{root.name}_{split}"
+    captures = find_captures(root)
+    if not captures:
+        raise ConfigError(f"{root}: neither a built dataset (dataset_info.json) nor a folder of captures (cameras.json)")
+    return [capture_example(load_capture(path, subject, frame)) for subject, frame, path in captures], root.name
+
+
+def eval_batches(config, source, num_subjects: int, num_targets: int, batch_size: int | None = None):
+    """Deterministic batches (of config.data.batch_size) of the first `num_subjects` records of `source`
+    (see `eval_source`), each whole on every process; a record's views do not depend on the batch size."""
     import grain
 
-    from headsup_jax.data.tfds_builder import load_source
-
-    root = epath.Path(workdir_or_dataset)
-    dataset = root if (root / "dataset_info.json").exists() else dataset_dir(config, root)
-    source = load_source(dataset, split)
     n = min(num_subjects, len(source))
     pipeline = PipelineConfig(batch_size=1, views=view_spec(config, num_targets), shuffle=False, num_epochs=1)
     it = make_pipeline(source, pipeline, seed=12345, shard_options=grain.sharding.NoSharding())

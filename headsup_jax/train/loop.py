@@ -45,10 +45,12 @@ def train(config, workdir, devices=None, progress: bool = True, stop_at: int | N
     held_out = _held_out_batches(config, dataset)
 
     ckpt = Checkpointer(workdir, config.checkpoint.every, config.checkpoint.keep)
-    state, start, data_start, data_state = experiment.state, 0, 0, None
+    state, start, data_start, data_state, seconds = experiment.state, 0, 0, None, 0.0
     if ckpt.latest_step is not None:
         start, state = ckpt.restore(experiment.state)
-        data_start, data_state = resume_position(ckpt.data_states(start), f"checkpoint {start} in {ckpt.root}")
+        records = ckpt.data_states(start)
+        data_start, data_state = resume_position(records, f"checkpoint {start} in {ckpt.root}")
+        seconds = records[0].get("train_seconds") or 0.0
         log.info("resumed from step %d", start)
     data = train_iterator(config, dataset, start=data_start)
     if data_state is not None:
@@ -59,7 +61,7 @@ def train(config, workdir, devices=None, progress: bool = True, stop_at: int | N
     total = config.optim.total_steps
     end = total if stop_at is None else min(stop_at, total)
     pending, skipped, last = [], 0, {}  # pending: (step, device metrics) not yet read on the host
-    t0, last_log = time.perf_counter(), start
+    t0, last_log, started = time.perf_counter(), start, time.perf_counter() - seconds
     bar = tqdm(range(start, end), initial=start, total=total, disable=not progress or jax.process_index() != 0,
                desc="train", dynamic_ncols=True)
     for step in bar:
@@ -82,7 +84,7 @@ def train(config, workdir, devices=None, progress: bool = True, stop_at: int | N
             t0, last_log = time.perf_counter(), done
         if held_out and config.log.images_every > 0 and (done % config.log.images_every == 0 or done == end):
             _log_images(writer, done, experiment, state, held_out)
-        ckpt.save(done, state, data.get_state(), force=done == end)
+        ckpt.save(done, state, data.get_state(), force=done == end, train_seconds=time.perf_counter() - started)
     ckpt.close()
     if writer:
         writer.close()
@@ -109,7 +111,9 @@ def _held_out_batches(config, dataset) -> list[dict]:
     if split is None:
         log.warning("%s has no validation or test split: no held-out renders will be logged", dataset)
         return []
-    return list(eval_batches(config, dataset, split, config.log.eval_subjects, num_targets=2))
+    from headsup_jax.data.tfds_builder import load_source
+
+    return list(eval_batches(config, load_source(dataset, split), config.log.eval_subjects, num_targets=2))
 
 
 def _writer(workdir):
@@ -129,7 +133,7 @@ def _log_scalars(writer, step: int, scalars: dict) -> None:
 
 def _log_images(writer, step, experiment, state, batches) -> None:
     """Renders vs targets of held-out identities, one grid image. Every process evaluates; process 0 writes."""
-    from headsup_jax.train.evaluate import evaluate_batches, image_grid
+    from headsup_jax.eval.evaluate import evaluate_batches, image_grid
 
     result = evaluate_batches(experiment, state, batches)
     if writer:

@@ -6,7 +6,7 @@ and image height, split into stages, and the time of a 1,000-subject ICT set at 
 Each (template, resolution) row runs in a fresh process (frontal16 rig, 4 rays per pixel, the default
 texture resolution): set-up is the import, the template, the texel basis and the first subject's extra time
 (JAX compiles `deform`); then `--subjects` subjects are timed with their stages (`Generator.seconds`):
-paint, mesh (deform, normals, Embree scene), render (ray casting and shading), encode (PNG) and write,
+paint, mesh (rig, deform, normals, Embree scene), render (ray casting and shading), encode (PNG) and write,
 in wall seconds, and the process's CPU seconds (all its threads) per subject, which the load disturbs less.
 The projection is set-up + 1,000 x s/subject / 2 (two worker processes, each with its own set-up);
 `--run N` also times a real `generate` of N ICT subjects at 128 on 2 workers (written under /tmp, then

@@ -138,8 +138,8 @@ def _mix(tex: np.ndarray, color, weight: np.ndarray) -> None:
 def _freckles(basis: TexelBasis, rng, texel_rng, face: np.ndarray) -> np.ndarray:
     """Darkening of 0 to 400 freckles: dots on face texels blurred in texture space. -> [N] in [0, 0.35]"""
     n = int(rng.uniform() ** 3 * 400)
-    idx = np.flatnonzero(texel_rng.random(len(face), np.float32) < face)
-    if not n or not len(idx):
+    idx = np.flatnonzero(texel_rng.random(len(face), np.float32) < face) if n else []
+    if not len(idx):
         return np.zeros(len(face), np.float32)
     dots = np.zeros(basis.shape, np.float32)
     dots.flat[basis.texels[texel_rng.choice(idx, min(n, len(idx)), replace=False)]] = 1.0

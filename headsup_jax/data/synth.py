@@ -83,8 +83,8 @@ class _Stopwatch:
 
 class Generator:
     """Holds the template and its texel basis (built once per process). `seconds` sums the wall time of
-    each stage: set-up (template, basis), then per subject paint, mesh (deform, normals, Embree scene),
-    render (ray casting and shading), encode (PNG) and write."""
+    each stage: set-up (template, basis), then per subject paint, mesh (rig, deform, normals, Embree
+    scene), render (ray casting and shading), encode (PNG) and write."""
 
     def __init__(self, config: SynthConfig):
         from headsup_jax.geometry import load_template
@@ -142,8 +142,8 @@ class Generator:
         identity = self.identity(index)
         texture = paint(self.basis, rng)
         background = np.full(3, rng.uniform(0.25, 0.75)) * np.exp(rng.normal(0, 0.05, 3))
-        cams = self.cameras(index)
         clock("paint")
+        cams = self.cameras(index)
         views = 0
         for frame in range(c.frames):
             lighting = sample_lighting(rng)

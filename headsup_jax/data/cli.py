@@ -68,7 +68,8 @@ def register_synth(sub) -> None:
     synth.add_argument("--frames", type=int, default=1, help="1: neutral; more: plus random expressions")
     synth.add_argument("--start", type=int, default=0, help="first subject index (regenerate a range alone)")
     synth.add_argument("--workers", type=int, default=1, help="parallel processes")
-    synth.add_argument("--texture-resolution", type=int, default=512, help="size of the subjects' UV textures")
+    synth.add_argument("--texture-resolution", type=int, default=None,
+                       help="UV texture height (default: about 2 texels per image pixel on the face)")
     synth.add_argument("--no-jitter", action="store_true", help="exact rig for every subject")
     synth.add_argument("--overwrite", action="store_true", help="re-render subjects already written")
     synth.set_defaults(run=run_synth)

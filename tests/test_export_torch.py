@@ -198,3 +198,15 @@ def test_export_of_a_run_saved_on_8_devices(tmp_path, jax_cache, capsys):
     assert np.abs(head).max() > 0  # trained: no longer the zero init
     load_model(out)  # strict
     assert json.loads(out.with_suffix(".json").read_text())["step"] == 2
+
+
+def test_pixel_aligned_runs_are_refused_until_the_mirror_has_them(tmp_path):
+    from headsup_jax.errors import InputError
+    from headsup_jax.export.torch_export import export_torch
+    from headsup_jax.train.config import size_config
+
+    config = size_config("tiny")
+    config.model.pixel_aligned.enabled = True
+    with pytest.raises(InputError, match="pixel_aligned is on"):
+        export_torch(None, config, tmp_path / "m.safetensors")
+    assert not list(tmp_path.iterdir())

@@ -102,6 +102,9 @@ def output_path(out) -> epath.Path:
 def export_torch(model, config, out, step: int | None = None) -> tuple[epath.Path, epath.Path]:
     """Writes `out` (.safetensors; local or gs://) and `out` with suffix .json, atomically -> both paths."""
     out = output_path(out)
+    if config.model.get("pixel_aligned", {}).get("enabled"):
+        raise InputError("config.model.pixel_aligned is on: the PyTorch mirror (export/torch_model.py) does not "
+                         "have the pixel-aligned queries yet, so this run cannot be exported")
     spec = json.dumps(torch_spec(model, config, step), indent=1, default=_plain)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out, save(torch_state(model), metadata={"headsup_config": spec}))

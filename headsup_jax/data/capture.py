@@ -25,6 +25,7 @@ import numpy as np
 from headsup_jax.data.blendshapes import ARKIT_BLENDSHAPES
 from headsup_jax.data.io import image_size, write_bytes_atomic, write_json_atomic
 from headsup_jax.errors import InputError
+from headsup_jax.limits import check_file_size
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -210,7 +211,7 @@ def _image_files(folder: pathlib.Path, subject: str, kind: str, ids, suffixes, p
 def _check_sizes(files: dict, cams: dict, subject: str, kind: str, problems) -> None:
     for cid, path in files.items():
         try:
-            size = image_size(path.read_bytes())
+            size = image_size(check_file_size(path).read_bytes(), source=path)
         except Exception as e:  # noqa: BLE001 (pillow raises many types for corrupt data)
             problems.append(Problem(subject, f"{kind}/{path.name}", "data", f"unreadable image ({e})"))
             continue
@@ -224,7 +225,7 @@ def _blendshapes(path: pathlib.Path, subject: str, problems) -> dict | None:
     if not path.exists():
         return None
     try:
-        obj = json.loads(path.read_text())
+        obj = json.loads(check_file_size(path).read_text())
     except (OSError, ValueError) as e:
         problems.append(Problem(subject, path.name, "json", f"unreadable JSON ({e})"))
         return None
@@ -246,7 +247,7 @@ def check_capture(path, subject: str | None = None, frame: str = "",
     subject = subject or path.name
     problems: list[Problem] = []
     try:
-        obj = json.loads((path / "cameras.json").read_text())
+        obj = json.loads(check_file_size(path / "cameras.json").read_text())
     except (OSError, ValueError) as e:
         return None, [Problem(subject, "cameras.json", "json", f"unreadable ({e})")]
     cams, cam_problems = parse_cameras(obj, subject)

@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image
 
 from headsup_jax.fileio import write_bytes_atomic, write_json_atomic  # noqa: F401  (re-exported)
+from headsup_jax.limits import FileTooLargeError, check_image_pixels
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -20,20 +21,36 @@ def write_png_atomic(path, image: np.ndarray) -> None:
     write_bytes_atomic(path, encode_png(image))
 
 
-def open_image(data: bytes, mode: str = "RGB") -> Image.Image:
-    """PNG/JPEG bytes -> a fully decoded pillow image in `mode`; raises on corrupt or truncated data."""
-    with Image.open(io.BytesIO(data)) as im:
+def _open_checked(data: bytes, source) -> Image.Image:
+    """Pillow's lazy open (the header only), refused over MAX_IMAGE_PIXELS before any pixel is decoded."""
+    try:
+        im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:  # pillow's own cap (2 x its MAX_IMAGE_PIXELS) is above ours
+        raise FileTooLargeError(f"{source}: image over pillow's decompression-bomb cap ({e}); not decoded") from e
+    try:
+        check_image_pixels(im.size, source)
+    except FileTooLargeError:
+        im.close()
+        raise
+    return im
+
+
+def open_image(data: bytes, mode: str = "RGB", source="image") -> Image.Image:
+    """PNG/JPEG bytes -> a fully decoded pillow image in `mode`; raises on corrupt or truncated data, and
+    `FileTooLargeError` naming `source` (the file) for an image over MAX_IMAGE_PIXELS, before decoding it."""
+    with _open_checked(data, source) as im:
         im.load()
         return im.convert(mode)
 
 
-def decode_image(data: bytes, mode: str = "RGB") -> np.ndarray:
+def decode_image(data: bytes, mode: str = "RGB", source="image") -> np.ndarray:
     """PNG/JPEG bytes -> uint8 [H, W, 3] (mode "RGB") or [H, W] (mode "L")."""
-    return np.asarray(open_image(data, mode))
+    return np.asarray(open_image(data, mode, source))
 
 
-def image_size(data: bytes) -> tuple[int, int]:
-    """(width, height) of encoded image bytes after a full decode (catches truncated files)."""
-    with Image.open(io.BytesIO(data)) as im:
+def image_size(data: bytes, source="image") -> tuple[int, int]:
+    """(width, height) of encoded image bytes after a full decode (catches truncated files); images over
+    MAX_IMAGE_PIXELS are refused, naming `source`, before decoding."""
+    with _open_checked(data, source) as im:
         im.load()
         return im.size

@@ -19,6 +19,7 @@ import plyfile
 
 from headsup_jax.export.checks import GaussianFileError, host_gaussians
 from headsup_jax.fileio import write_bytes_atomic
+from headsup_jax.limits import check_file_size
 from headsup_jax.render.types import Gaussians
 
 _OPACITY_EPS = 1e-12  # opacities 0 and 1 are stored as finite logits (about -27.6 and +27.6)
@@ -74,6 +75,7 @@ def load_ply(path) -> Gaussians:
     """Read a PLY in the 3DGS layout (ours or another tool's, SH degree 0..3) -> Gaussians [P] (NumPy float32).
 
     Scales are exp(scale_*), opacities sigmoid(opacity), quaternions as stored (w, x, y, z)."""
+    check_file_size(path)
     try:
         data = plyfile.PlyData.read(str(path))
     except (plyfile.PlyParseError, ValueError, EOFError) as e:

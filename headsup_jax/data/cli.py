@@ -1,4 +1,5 @@
-"""`headsup data ...`: validate capture folders, build TFDS/ArrayRecord shards, generate synthetic subjects, inspect."""
+"""`headsup data ...`: validate capture folders, build TFDS/ArrayRecord shards, generate synthetic subjects, inspect,
+import outside capture formats."""
 from __future__ import annotations
 
 
@@ -24,6 +25,20 @@ def register(sub) -> None:
     inspect.add_argument("--views", type=int, default=6, help="views to show per subject")
     inspect.add_argument("--split", default="train", help="split to show for a TFDS dataset")
     inspect.set_defaults(run=run_inspect)
+
+    from headsup_jax.data.importers import FORMATS
+
+    imp = sub.add_parser("import", help="convert a COLMAP, transforms.json, NeRSemble or Ava-256 capture "
+                         "into a capture folder")
+    imp.add_argument("src", help="the source capture (folder, or a transforms.json file)")
+    imp.add_argument("--from", dest="fmt", required=True, choices=FORMATS,
+                     help="the source format")
+    imp.add_argument("--out", required=True, help="capture folder to write (must not exist or be empty)")
+    imp.add_argument("--subject", default=None, help="subject name in error messages (default: the --out name)")
+    imp.add_argument("--frame", default=None, help="frame of a multi-frame source (NeRSemble index, Ava-256 id)")
+    imp.add_argument("--units", default=None, choices=("mm", "cm", "m"),
+                     help="units of the source's translations (default: detected from the rig's size)")
+    imp.set_defaults(run=run_import)
 
 
 def run_validate(args) -> int:
@@ -55,6 +70,14 @@ def run_inspect(args) -> None:
 
     write_contact_sheet(args.path, args.out, args.subjects, args.views, args.split)
     print(f"wrote {args.out}")
+
+
+def run_import(args) -> None:
+    from headsup_jax.data.importers import import_capture
+
+    capture, units, undistorted = import_capture(args.fmt, args.src, args.out, args.subject, args.frame, args.units)
+    print(f"wrote {args.out}: {len(capture.cameras)} cameras, units {units} -> m, "
+          f"{len(undistorted)} undistorted, masks {'yes' if capture.mask_files else 'no'}")
 
 
 def register_synth(sub) -> None:

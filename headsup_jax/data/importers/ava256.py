@@ -46,8 +46,13 @@ def _default_frame(base: pathlib.Path, first_cam: str) -> str:
             raise error(frame_list, "frame_id", "expected a header seg_id,frame_id and at least one row")
         return rows[0]["frame_id"]
     folder, archive = base / "image" / f"cam{first_cam}", base / "image" / f"cam{first_cam}.zip"
-    names = (zipfile.ZipFile(archive).namelist() if archive.is_file()
-             else [p.name for p in folder.iterdir()] if folder.is_dir() else [])
+    names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+    if archive.is_file():
+        try:
+            with zipfile.ZipFile(archive) as z:
+                names = z.namelist()
+        except zipfile.BadZipFile as e:
+            raise error(archive, "data", f"unreadable zip ({e})") from None
     stems = sorted(pathlib.PurePosixPath(n).stem for n in names if n.lower().endswith(_SUFFIXES))
     if not stems:
         raise error(base / "image", f"cam{first_cam}", "no images (and no frame_list.csv to pick a frame)")

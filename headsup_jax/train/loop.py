@@ -18,6 +18,7 @@ from headsup_jax.train.data import (dataset_dir, eval_batches, held_out_split, m
                                     resume_position, train_iterator)
 from headsup_jax.train.experiment import build_experiment
 from headsup_jax.train.optim import step_learning_rate
+from headsup_jax.train.preemption import Preemption
 from headsup_jax.train.sharding import global_batch
 from headsup_jax.train.step import TrainStep
 from headsup_jax.train.workdir import check_config, check_template, resolve_template, save_config, workdir_path
@@ -34,7 +35,8 @@ def train(config, workdir, devices=None, progress: bool = True, stop_at: int | N
 
     `workdir`: a local folder or a bucket URI (gs://...). `stop_at`: end this call after that step
     (checkpointed), e.g. a time-boxed job of a longer run; the learning-rate schedule still follows
-    total_steps, so a resumed run continues as if never stopped."""
+    total_steps, so a resumed run continues as if never stopped. SIGTERM ends the call after the current
+    step, once its checkpoint is written (`train.preemption`); the call then returns normally."""
     workdir = workdir_path(workdir)
     config = resolve_template(config)
     check_config(config, workdir)  # before anything is written
@@ -64,27 +66,36 @@ def train(config, workdir, devices=None, progress: bool = True, stop_at: int | N
     t0, last_log, started = time.perf_counter(), start, time.perf_counter() - seconds
     bar = tqdm(range(start, end), initial=start, total=total, disable=not progress or jax.process_index() != 0,
                desc="train", dynamic_ncols=True)
-    for step in bar:
-        batch = next(data)
-        require_masks(batch, config)
-        state, metrics = step_fn(state, global_batch(model_inputs(batch), experiment.mesh))
-        done = step + 1
-        pending.append((done, metrics))
-        log_now = done % config.log.every == 0 or done == end
-        if log_now or ckpt.due(done) or done == end:
-            skipped += _check_finite(pending, config, ckpt)
-            last, pending = {k: float(v) for k, v in metrics.items()}, []
-        if log_now:
-            dt = time.perf_counter() - t0
-            scalars = dict(last, lr=step_learning_rate(config.optim, done), step_time=dt / (done - last_log),
-                           examples_per_s=config.data.batch_size * (done - last_log) / dt, skipped_updates=skipped,
-                           gaussians=experiment.atlas.count, bad_records=data.metrics["skipped"])
-            _log_scalars(writer, done, scalars)
-            bar.set_postfix(loss=f"{last['loss']:.4f}", l1=f"{last['loss/l1']:.4f}")
-            t0, last_log = time.perf_counter(), done
-        if held_out and config.log.images_every > 0 and (done % config.log.images_every == 0 or done == end):
-            _log_images(writer, done, experiment, state, held_out)
-        ckpt.save(done, state, data.get_state(), force=done == end, train_seconds=time.perf_counter() - started)
+    with Preemption() as preemption:
+        for step in bar:
+            batch = next(data)
+            require_masks(batch, config)
+            state, metrics = step_fn(state, global_batch(model_inputs(batch), experiment.mesh))
+            done = step + 1
+            pending.append((done, metrics))
+            stop = done < end and preemption.reached(done)
+            log_now = done % config.log.every == 0 or done == end
+            if log_now or ckpt.due(done) or done == end or stop:
+                skipped += _check_finite(pending, config, ckpt)
+                last, pending = {k: float(v) for k, v in metrics.items()}, []
+            if log_now:
+                dt = time.perf_counter() - t0
+                scalars = dict(last, lr=step_learning_rate(config.optim, done), step_time=dt / (done - last_log),
+                               examples_per_s=config.data.batch_size * (done - last_log) / dt,
+                               skipped_updates=skipped, gaussians=experiment.atlas.count,
+                               bad_records=data.metrics["skipped"])
+                _log_scalars(writer, done, scalars)
+                bar.set_postfix(loss=f"{last['loss']:.4f}", l1=f"{last['loss/l1']:.4f}")
+                t0, last_log = time.perf_counter(), done
+            if held_out and config.log.images_every > 0 and (done % config.log.images_every == 0 or done == end):
+                _log_images(writer, done, experiment, state, held_out)
+            ckpt.save(done, state, data.get_state(), force=done == end or stop,
+                      train_seconds=time.perf_counter() - started)
+            if stop:
+                ckpt.wait()
+                log.warning("SIGTERM (preemption): stopped after step %d with its checkpoint saved in %s; the same "
+                            "command resumes from it", done, ckpt.root)
+                break
     ckpt.close()
     if writer:
         writer.close()

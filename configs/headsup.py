@@ -45,7 +45,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
                    ray_bias=True, ray_sigmas=(0.02, 0.16),
                    # queries start from the views' colours at samples x samples points of their UV cell and
                    # the mean encoder feature there (model/pixel_aligned.py)
-                   pixel_aligned=dict(enabled=False, samples=4))
+                   pixel_aligned=dict(enabled=False, samples=4),
+                   # the decoder also maps each latent cell linearly to its texels' attributes (model/decoder.py)
+                   texel_head=False)
     c.background = dict(enabled=False, num_gaussians=4096, radius=3.0, code_dim=32, width=64)
 
     c.data = dict(

@@ -169,3 +169,27 @@ def test_remat_and_layer_scan_compute_the_same_function():
         np.testing.assert_allclose(latent(model), out, atol=1e-5, err_msg=option)
         g_var = grad(model).compressor.queries[...]
         np.testing.assert_allclose(g_var, g_base, atol=1e-5 * np.abs(np.asarray(g_base)).max(), err_msg=option)
+
+
+def test_texel_head_maps_each_latent_cell_onto_its_own_texels():
+    """With the convolutional head at zero, the decoder's output at texel (i, j) is the texel head's linear
+    map of latent cell (i // p, j // p), output block (i % p, j % p): checked by a NumPy loop."""
+    from headsup_jax.model.decoder import NUM_ATTRIBUTES, UVDecoder
+
+    L, R, dim = 4, 16, 8
+    decoder = UVDecoder(dim, L, R, (8, 8, 8), texel_head=True, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(size=(dim, (R // L) ** 2 * NUM_ATTRIBUTES)).astype(np.float32)
+    bias = rng.normal(size=kernel.shape[1]).astype(np.float32)
+    decoder.texel_head.kernel[...] = jnp.asarray(kernel)
+    decoder.texel_head.bias[...] = jnp.asarray(bias)
+    z = rng.normal(size=(2, L, L, dim)).astype(np.float32)
+    got = np.asarray(decoder(jnp.asarray(z)))  # [2, R, R, A]
+    p = R // L
+    want = np.zeros_like(got)
+    for b in range(2):
+        for i in range(R):
+            for j in range(R):
+                cell = (z[b, i // p, j // p].astype(np.float64) @ kernel + bias).reshape(p, p, NUM_ATTRIBUTES)
+                want[b, i, j] = cell[i % p, j % p]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -60,7 +60,7 @@ class HeadsUp(nnx.Module):
                                                   pa["samples"], m.dim, m.dim, rngs=rngs, dtype=dtype)
                               if pa.get("enabled") else None)
         self.decoder = UVDecoder(m.dim, m.latent_size, atlas.resolution, m.decoder_widths, m.decoder_blocks,
-                                 rngs=rngs, dtype=dtype)
+                                 m.get("texel_head", False), rngs=rngs, dtype=dtype)
         bg = config.background
         self.background = (BackgroundModel(bg.num_gaussians, bg.radius, bg.code_dim, bg.width, rngs=rngs, dtype=dtype)
                            if bg.enabled else None)

@@ -3,9 +3,13 @@ on stdout ("fault_worker: batch K", K counted from 1 in this process) and follow
 $FAULT_PAUSE_S seconds, so a test can signal or kill the loop while it is inside a known step.
 
     python tests/faults/fault_worker.py loop OUT.npz --workdir DIR   (as train_worker.py; see its docstring)
+    python tests/faults/fault_worker.py preemption --coordinator HOST:PORT --num_processes N --process_id I
+        N processes (jax.distributed, no model) ask `train.preemption.Preemption.reached` at steps 1, 2, ...
+        ($FAULT_PAUSE_S apart), printing "fault_worker: step K", then "fault_worker: stopped after step K".
 """
 from __future__ import annotations
 
+import argparse
 import os
 import pathlib
 import sys
@@ -32,8 +36,29 @@ class Announced:
         return getattr(self.it, name)
 
 
+def preemption_steps(coordinator: str, num_processes: int, process_id: int, pause: float) -> None:
+    import jax
+
+    jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=60)
+    from headsup_jax.train.preemption import Preemption
+
+    with Preemption() as preemption:
+        for step in range(1, 1000):
+            print(f"fault_worker: step {step}", flush=True)
+            time.sleep(pause)
+            if preemption.reached(step):
+                print(f"fault_worker: stopped after step {step}", flush=True)
+                return
+    raise SystemExit("fault_worker: no preemption agreed in 1000 steps")
+
+
 def main(argv) -> None:
     from headsup_jax.train import loop
+
+    if argv[0] == "preemption":
+        _, _, coordinator, _, num_processes, _, process_id = argv
+        return preemption_steps(coordinator, int(num_processes), int(process_id),
+                                float(os.environ.get("FAULT_PAUSE_S", "0")))
 
     make, pause = loop.train_iterator, float(os.environ.get("FAULT_PAUSE_S", "0"))
     loop.train_iterator = lambda *a, **k: Announced(make(*a, **k), pause)

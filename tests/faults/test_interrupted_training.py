@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from train_worker import ROOT, jax_cache, run_worker, worker_env  # noqa: F401  (jax_cache: a fixture)
+from train_worker import ROOT, free_port, jax_cache, run_worker, worker_env  # noqa: F401  (jax_cache: a fixture)
 
 WORKER = pathlib.Path(__file__).with_name("fault_worker.py")
 PAUSE = 0.5  # seconds after each batch is announced: the signal lands inside that step
@@ -111,3 +112,27 @@ def test_preemption_flag_is_set_by_sigterm_and_the_handler_restored():
         os.kill(os.getpid(), signal.SIGTERM)  # would end pytest without the handler
         assert preemption.reached(1)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_after_the_same_step(jax_cache):
+    """jax.distributed on 2 local processes, SIGTERM to process 1 only: JAX's preemption service (not a handler
+    of ours, which would hide the signal from it) has both stop after the same step, past the notice."""
+    port = free_port()
+    env = dict(worker_env(jax_cache), FAULT_PAUSE_S="0.05")
+    procs = [subprocess.Popen([sys.executable, str(WORKER), "preemption", "--coordinator", f"127.0.0.1:{port}",
+                               "--num_processes", "2", "--process_id", str(i)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, cwd=ROOT) for i in range(2)]
+    try:
+        for line in procs[1].stdout:
+            if line.strip() == "fault_worker: step 5":
+                procs[1].send_signal(signal.SIGTERM)
+                break
+        logs = [p.communicate(timeout=60)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0], logs
+    stops = [re.findall(r"fault_worker: stopped after step (\d+)", log) for log in logs]
+    assert len(stops[0]) == len(stops[1]) == 1 and stops[0] == stops[1] and int(stops[0][0]) > 5, logs

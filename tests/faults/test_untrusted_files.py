@@ -1,10 +1,12 @@
 """Untrusted files: a pickle naming os.system is refused before it runs, npz never unpickles, files over the
 size cap and image bombs are refused before they are read or decoded, each error naming the file."""
 import collections
+import io
 import os
 import pickle
 import pickletools
 import struct
+import zipfile
 import zlib
 
 import jax
@@ -100,7 +102,7 @@ def test_npz_with_pickled_object_array_is_refused(small, tmp_path):
     path = tmp_path / "flame.npz"
     np.savez(path, v_template=small.vertices, f=small.faces,
              shapedirs=np.array([RunsCommand(f"touch {marker}")], dtype=object))
-    with pytest.raises(InputError, match=rf"{path}: array 'shapedirs' cannot be read without unpickling"):
+    with pytest.raises(InputError, match=rf"{path}: array 'shapedirs' holds Python objects \(a pickle\)"):
         load_template(f"flame:{path}")
     with pytest.raises(InputError, match=rf"{path}: array 'shapedirs'"):
         load_template(str(path))  # the ICT archive reader too
@@ -113,6 +115,17 @@ def test_npz_inflating_past_the_cap_is_refused(tmp_path, monkeypatch):
     assert path.stat().st_size < 1 << 12
     monkeypatch.setattr("headsup_jax.limits.MAX_FILE_BYTES", 1 << 16)
     with pytest.raises(FileTooLargeError, match=rf"{path}: its arrays inflate to \d+ bytes"):
+        load_template(str(path))
+
+
+def test_npz_member_declaring_more_than_it_holds_is_refused_before_allocating(tmp_path):
+    """A .npy header declaring 8 TB of float64 over 8 bytes of data (np.load would allocate the array first)."""
+    member = io.BytesIO()
+    np.lib.format.write_array_header_1_0(member, {"descr": "<f8", "fortran_order": False, "shape": (10 ** 12,)})
+    path = tmp_path / "huge.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("vertices.npy", member.getvalue() + bytes(8))
+    with pytest.raises(FileTooLargeError, match=rf"{path}: array 'vertices' declares \[1000000000000\] float64"):
         load_template(str(path))
 
 

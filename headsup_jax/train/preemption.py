@@ -1,11 +1,11 @@
 """SIGTERM (a preemption notice) -> the train loop stops after the current step, with a checkpoint at it.
 
-One process: our handler only sets a flag (nothing else runs inside a signal handler), which the loop
-reads after each step. Several processes (`jax.distributed`): JAX's preemption service already catches
-SIGTERM and agrees, in the background, on the first step every process can stop at (the largest step any
-of them has reached, plus one); `orbax.checkpoint.multihost.reached_preemption` (JAX's
-`multihost_utils.reached_preemption_sync_point`), a local read asked at every step, says when it is reached, so all processes save the same step and none
-waits on a collective the others skipped.
+One process: our handler only sets a flag (nothing else runs inside a signal handler), which the loop reads
+after each step. Several processes (`jax.distributed`): JAX's preemption service already catches SIGTERM and
+agrees, in the background, on the first step every process can stop at (the largest step any of them has
+reached, plus one); `orbax.checkpoint.multihost.reached_preemption` (JAX's
+`multihost_utils.reached_preemption_sync_point`), a local read asked at every step, says when it is reached,
+so all processes save the same step and none waits on a collective the others skipped.
 """
 from __future__ import annotations
 

@@ -5,8 +5,9 @@
     gaussians, aux = model(images, K, world_to_cam)   # [B, N, H, W, 3] in [0, 1], [B, N, 3, 3], [B, N, 4, 4]
 
 Only torch and safetensors are imported (no JAX). Everything the forward pass needs is in the file: the
-parameters, the template vertices, the atlas binding of each Gaussian and the compressor's pooled prior
-and points; the anchoring constants and the attribute layout come from the config in its metadata.
+parameters, the template vertices, the atlas binding of each Gaussian, the compressor's pooled prior
+and points, and (model.pixel_aligned) each latent cell's pooled sub-block points and normals; the
+anchoring constants and the attribute layout come from the config in its metadata.
 Module and parameter names follow the JAX model's (README, "PyTorch"). Computes in float32.
 """
 from __future__ import annotations
@@ -105,16 +106,21 @@ class Attention(nn.Module):
 
 # --- encoder (model/rays.py, model/encoder.py) ---
 
+def camera_centre(world_to_cam):
+    """-R^T t. [..., 4, 4] -> [..., 3]"""
+    R, t = world_to_cam[..., :3, :3], world_to_cam[..., :3, 3]
+    return -(R.transpose(-1, -2) @ t[..., None])[..., 0]
+
+
 def plucker_rays(K, world_to_cam, height: int, width: int):
     """Plücker coordinates (d, o x d) through the pixel centres. [..., 3, 3], [..., 4, 4] -> [..., H, W, 6]"""
     ys, xs = torch.meshgrid(torch.arange(height, dtype=K.dtype) + 0.5, torch.arange(width, dtype=K.dtype) + 0.5,
                             indexing="ij")
     pix = torch.stack([xs, ys, torch.ones_like(xs)], -1)  # [H, W, 3]
-    R, t = world_to_cam[..., :3, :3], world_to_cam[..., :3, 3]
     cam_dirs = torch.einsum("...ij,hwj->...hwi", torch.linalg.inv(K), pix)
-    dirs = torch.einsum("...ji,...hwj->...hwi", R, cam_dirs)  # R^T d
+    dirs = torch.einsum("...ji,...hwj->...hwi", world_to_cam[..., :3, :3], cam_dirs)  # R^T d
     dirs = dirs / torch.linalg.norm(dirs, dim=-1, keepdim=True)
-    origin = -(R.transpose(-1, -2) @ t[..., None])[..., 0][..., None, None, :]  # camera centre -R^T t
+    origin = camera_centre(world_to_cam)[..., None, None, :]
     moment = torch.cross(origin.expand_as(dirs), dirs, dim=-1)
     return torch.cat([dirs, moment], -1)
 
@@ -156,6 +162,68 @@ class ViewEncoder(nn.Module):
         return tokens.reshape(B, N * h * w, -1), token_rays.reshape(B, N * h * w, 6)
 
 
+# --- pixel-aligned queries (model/pixel_aligned.py) ---
+
+def bilinear(image, xy):
+    """Samples images [B, N, H, W, C] at pixel coordinates xy [B, N, P, 2] (centres at +0.5), edge-clamped
+    -> [B, N, P, C]"""
+    H, W, C = image.shape[2:]
+    flat = image.flatten(2, 3)  # [B, N, H*W, C]
+    x, y = xy[..., 0] - 0.5, xy[..., 1] - 0.5
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+    xi = [(x0 + d).clamp(0, W - 1).long() for d in (0, 1)]
+    yi = [(y0 + d).clamp(0, H - 1).long() for d in (0, 1)]
+    at = lambda i, j: torch.gather(flat, 2, (yi[i] * W + xi[j])[..., None].expand(-1, -1, -1, C))
+    top = at(0, 0) * (1 - fx) + at(0, 1) * fx
+    bottom = at(1, 0) * (1 - fx) + at(1, 1) * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def project_points(points, normals, K, world_to_cam, height: int, width: int):
+    """Pixel coordinates [B, N, P, 2] of points [P, 3] in every camera and the view weights [B, N, P]
+    (max(0, n . unit direction to the camera); 0 behind the camera or outside the image)."""
+    cam = torch.einsum("pc,bnic->bnpi", points, world_to_cam[..., :3, :3]) + world_to_cam[..., None, :3, 3]
+    z = cam[..., 2]
+    uv = torch.einsum("bnpc,bnic->bnpi", cam, K)[..., :2] / z.clamp_min(1e-6)[..., None]
+    to_camera = camera_centre(world_to_cam)[..., None, :] - points  # [B, N, P, 3]
+    facing = (normals * to_camera).sum(-1) / torch.linalg.norm(to_camera, dim=-1).clamp_min(1e-9)
+    u, v = uv.unbind(-1)
+    inside = (z > 1e-3) & (u >= 0) & (u <= width) & (v >= 0) & (v <= height)
+    return uv, torch.where(inside, facing.clamp_min(0.0), torch.zeros_like(facing))
+
+
+class PixelAlignedQueries(nn.Module):
+    """Per latent cell: the views' colours at its s x s sub-points and their mean encoder feature -> [B, L, dim]."""
+
+    def __init__(self, cells: int, samples: int, feature_dim: int, dim: int):
+        super().__init__()
+        self.samples = samples
+        P = cells * samples ** 2  # each cell's s x s pooled sub-blocks, cell-major
+        self.register_buffer("points", torch.zeros(P, 3))
+        self.register_buffer("normals", torch.zeros(P, 3))  # unit
+        self.register_buffer("valid", torch.zeros(P))  # 1 where the sub-block holds a valid texel
+        self.proj = nn.Linear(samples * samples * 4 + feature_dim + 1, dim)
+
+    def forward(self, images, features, K, world_to_cam):
+        """images [B, N, H, W, 3], features [B, N, h, w, C], K [B, N, 3, 3] (at H x W), world_to_cam
+        [B, N, 4, 4] -> [B, L, dim]"""
+        B, N, H, W, _ = images.shape
+        h, w, C = features.shape[2:]
+        uv, weights = project_points(self.points, self.normals, K, world_to_cam, H, W)
+        weights = weights * self.valid  # [B, N, P]
+        colours = bilinear(images, uv)
+        feats = bilinear(features, uv * torch.tensor([w / W, h / H], dtype=uv.dtype))
+        total = weights.sum(1)  # [B, P]
+        mean = lambda x: (x * weights[..., None]).sum(1) / total.clamp_min(1e-6)[..., None]
+        s2 = self.samples ** 2
+        L = self.points.shape[0] // s2
+        colour = torch.cat([mean(colours) * 2.0 - 1.0, total.clamp_max(1.0)[..., None]], -1).reshape(B, L, s2 * 4)
+        feat = mean(feats).reshape(B, L, s2, C).mean(2)  # [B, L, C]
+        coverage = total.reshape(B, L, s2).mean(2, keepdim=True).clamp_max(1.0)
+        return self.proj(torch.cat([colour, feat, coverage], -1))
+
+
 # --- compressor (model/compressor.py) ---
 
 class CompressorBlock(nn.Module):
@@ -190,9 +258,11 @@ class LatentCompressor(nn.Module):
                                     for _ in range(depth))
         self.norm = layer_norm(dim)
 
-    def forward(self, tokens, token_rays):  # [B, T, D], [B, T, 6] -> Z [B, Lh, Lw, D]
+    def forward(self, tokens, token_rays, query_features=None):  # [B, T, D], [B, T, 6], [B, L, D] -> [B, Lh, Lw, D]
         q = self.queries + self.prior_out(gelu(self.prior_in(self.prior)))
         x = q.expand(tokens.shape[0], *q.shape)
+        if query_features is not None:
+            x = x + query_features
         distance2 = None if self.points is None else ray_distance2(self.points, token_rays)
         for block in self.blocks:
             x = block(x, tokens, distance2)
@@ -202,7 +272,7 @@ class LatentCompressor(nn.Module):
 # --- decoder (model/decoder.py) ---
 
 class UVDecoder(nn.Module):
-    def __init__(self, dim: int, widths, blocks: int, num_attributes: int):
+    def __init__(self, dim: int, widths, blocks: int, num_attributes: int, patch: int, texel_head: bool):
         super().__init__()
         self.conv_in = Conv(dim, widths[0])
         levels, cin = [], widths[0]
@@ -213,6 +283,8 @@ class UVDecoder(nn.Module):
             cin = widths[i + 1] if up else width
         self.levels = nn.ModuleList(levels)
         self.norm, self.head = GroupNorm(cin), Conv(cin, num_attributes, kernel=1)
+        self.patch = patch  # texels per latent cell side, R / L
+        self.texel_head = nn.Linear(dim, patch ** 2 * num_attributes) if texel_head else None
 
     def forward(self, z):  # [B, L, L, dim] -> UV map [B, R, R, A]
         x = self.conv_in(z)
@@ -222,7 +294,12 @@ class UVDecoder(nn.Module):
                 x = block(x)
             if not last:
                 x = level[-1](x.repeat_interleave(2, 1).repeat_interleave(2, 2))  # nearest 2x
-        return self.head(F.silu(self.norm(x)))
+        out = self.head(F.silu(self.norm(x)))
+        if self.texel_head is not None:  # each cell's (R / L)^2 texels
+            B, L, p = z.shape[0], z.shape[1], self.patch
+            cells = self.texel_head(z).reshape(B, L, L, p, p, -1)
+            out = out + cells.permute(0, 1, 3, 2, 4, 5).reshape(out.shape)  # [B, R, R, A]
+        return out
 
 
 # --- background (model/background.py) ---
@@ -345,14 +422,23 @@ class HeadsUp(nn.Module):
         self.encoder = ViewEncoder(m["dim"], m["encoder_widths"], m["encoder_blocks"])
         self.compressor = LatentCompressor(m["latent_size"], spec["prior_features"], m["dim"], m["depth"], m["heads"],
                                            m["mlp_ratio"], m["self_attention"], m["ray_bias"])
-        self.decoder = UVDecoder(m["dim"], m["decoder_widths"], m["decoder_blocks"],
-                                 sum(n for _, n in self.attributes))
+        pa = m.get("pixel_aligned", {})  # both absent from files written before they existed
+        self.pixel_aligned = (PixelAlignedQueries(m["latent_size"] ** 2, pa["samples"], m["dim"], m["dim"])
+                              if pa.get("enabled") else None)
+        self.decoder = UVDecoder(m["dim"], m["decoder_widths"], m["decoder_blocks"], sum(n for _, n in self.attributes),
+                                 atlas["resolution"] // m["latent_size"], m.get("texel_head", False))
         self.atlas = Anchor(atlas["count"], atlas["resolution"], atlas["texel_size"], spec["anchor"])
         self.background = (BackgroundModel(bg["num_gaussians"], bg["code_dim"], bg["width"])
                            if bg["enabled"] else None)
 
     def latent(self, images, K, world_to_cam):  # -> Z [B, Lh, Lw, dim]
-        return self.compressor(*self.encoder(images, K, world_to_cam))
+        tokens, rays = self.encoder(images, K, world_to_cam)  # [B, N*h*w, D], [B, N*h*w, 6]
+        extra = None
+        if self.pixel_aligned is not None:
+            B, N, H, W, _ = images.shape
+            d = self.encoder.downsample
+            extra = self.pixel_aligned(images, tokens.reshape(B, N, H // d, W // d, -1), K, world_to_cam)
+        return self.compressor(tokens, rays, extra)
 
     def head_gaussians(self, uv_map, vertices=None) -> tuple[Gaussians, dict]:
         """UV map [B, R, R, A] -> head Gaussians [B, G] on `vertices` [V, 3] (default: the template)."""

@@ -18,7 +18,8 @@ from safetensors import safe_open
 from safetensors.numpy import load_file
 
 from headsup_jax.cli import main
-from headsup_jax.export.torch_export import check_export, export_torch, parity_errors, probe_inputs, torch_state
+from headsup_jax.export.torch_export import (check_export, export_torch, parity_errors, probe_inputs, torch_spec,
+                                            torch_state)
 from headsup_jax.export.torch_model import HeadsUp, load_model
 from headsup_jax.train.config import size_config
 from headsup_jax.train.experiment import build_model
@@ -104,6 +105,17 @@ def test_names_layout_and_config(tiny):
     assert tensors["atlas.texel_index"].dtype == np.int64 and tensors["encoder.stem.weight"].dtype == np.float32
 
 
+def assert_breaks_parity(config, model, path, state):
+    """The exported model with `state` (a corrupted copy of the file's tensors) misses the JAX model by far."""
+    wrong = load_model(path)
+    wrong.load_state_dict(state, strict=True)
+    inputs = probe_inputs(config, batch=1)
+    with torch.no_grad():
+        got, _ = wrong(*(torch.from_numpy(np.array(x)) for x in inputs))
+    errors = parity_errors(model(*inputs)[0], got)
+    assert max(errors.values()) > 100 * TOLERANCE, errors
+
+
 @pytest.mark.parametrize("corrupt", ["swap_q_k", "transpose_stem", "transpose_mlp", "ray_gain_per_block"])
 def test_a_wrong_mapping_fails_parity(tiny, corrupt):
     """Wrong mappings that keep every shape (so the strict load passes) must show in the Gaussians."""
@@ -121,13 +133,7 @@ def test_a_wrong_mapping_fails_parity(tiny, corrupt):
     else:
         a, b = "compressor.blocks.0.ray_gain", "compressor.blocks.1.ray_gain"
         state[a], state[b] = state[b], state[a]
-    wrong = load_model(path)
-    wrong.load_state_dict(state, strict=True)
-    inputs = probe_inputs(config, batch=1)
-    with torch.no_grad():
-        got, _ = wrong(*(torch.from_numpy(np.array(x)) for x in inputs))
-    errors = parity_errors(model(*inputs)[0], got)
-    assert max(errors.values()) > 100 * TOLERANCE, errors
+    assert_breaks_parity(config, model, path, state)
 
 
 def test_scanned_compressor_exports_the_same_names(tmp_path):
@@ -200,13 +206,74 @@ def test_export_of_a_run_saved_on_8_devices(tmp_path, jax_cache, capsys):
     assert json.loads(out.with_suffix(".json").read_text())["step"] == 2
 
 
-def test_pixel_aligned_runs_are_refused_until_the_mirror_has_them(tmp_path):
-    from headsup_jax.errors import InputError
-    from headsup_jax.export.torch_export import export_torch
-    from headsup_jax.train.config import size_config
+def tiny_with(pixel_aligned: bool, texel_head: bool):
+    """tiny with model.pixel_aligned and model.texel_head set, whatever the tiny defaults."""
+    config = config_of("tiny", texel_head=texel_head)
+    config.model.pixel_aligned.enabled = pixel_aligned
+    return config
 
-    config = size_config("tiny")
-    config.model.pixel_aligned.enabled = True
-    with pytest.raises(InputError, match="pixel_aligned is on"):
-        export_torch(None, config, tmp_path / "m.safetensors")
-    assert not list(tmp_path.iterdir())
+
+@pytest.fixture(scope="module")
+def queries_and_texels(tmp_path_factory):
+    """tiny with model.pixel_aligned and model.texel_head on (background off), perturbed, exported."""
+    config = tiny_with(pixel_aligned=True, texel_head=True)
+    model = perturbed(build_model(config)[0], seed=3)
+    path, _ = export_torch(model, config, tmp_path_factory.mktemp("pa") / "model.safetensors")
+    return config, model, path
+
+
+def test_pixel_aligned_and_texel_head_parity(queries_and_texels):
+    config, model, path = queries_and_texels
+    assert np.abs(np.asarray(model.decoder.texel_head.kernel[...])).min() > 0  # perturbed off its zero init
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="np") as f:
+        spec = json.loads(f.metadata()["headsup_config"])
+    assert spec["model"]["texel_head"] and spec["model"]["pixel_aligned"] == {"enabled": True, "samples": 4}
+    assert set(tensors) == set(HeadsUp(spec).state_dict())
+    for name in ("points", "normals", "valid"):
+        np.testing.assert_array_equal(tensors[f"pixel_aligned.{name}"],
+                                      np.asarray(getattr(model.pixel_aligned, name)[...]))
+    np.testing.assert_array_equal(tensors["decoder.texel_head.weight"],
+                                  np.asarray(model.decoder.texel_head.kernel[...]).T)
+    assert_parity(check_export(model, path, *probe_inputs(config)))  # the next test's inputs: traced once
+
+
+@pytest.mark.parametrize("corrupt", ["no_pixel_aligned", "no_texel_head", "cell_samples_reversed",
+                                     "texel_head_patch_transposed"])
+def test_pixel_aligned_and_texel_head_paths_show_in_parity(queries_and_texels, corrupt):
+    """Dropping either path, or reordering its layout with every shape kept, must break parity: both
+    contribute to the compared Gaussians, so a mirror that got them wrong would fail the parity test."""
+    config, model, path = queries_and_texels
+    state = {k: torch.from_numpy(v) for k, v in load_file(str(path)).items()}
+    samples, patch = config.model.pixel_aligned.samples, config.atlas_resolution // config.model.latent_size
+    if corrupt == "no_pixel_aligned":
+        state["pixel_aligned.proj.weight"] = torch.zeros_like(state["pixel_aligned.proj.weight"])
+        state["pixel_aligned.proj.bias"] = torch.zeros_like(state["pixel_aligned.proj.bias"])
+    elif corrupt == "no_texel_head":
+        state["decoder.texel_head.weight"] = torch.zeros_like(state["decoder.texel_head.weight"])
+        state["decoder.texel_head.bias"] = torch.zeros_like(state["decoder.texel_head.bias"])
+    elif corrupt == "cell_samples_reversed":  # [L*s*s, 3]: each cell's s*s sub-points in reverse order
+        for name in ("points", "normals"):
+            t = state[f"pixel_aligned.{name}"]
+            state[f"pixel_aligned.{name}"] = t.reshape(-1, samples ** 2, 3).flip(1).reshape(t.shape)
+    else:  # rows [p * p * A]: the cell's p x p texels read column-major
+        for name in ("weight", "bias"):
+            key = f"decoder.texel_head.{name}"
+            t = state[key]
+            state[key] = t.reshape(patch, patch, -1, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
+    assert_breaks_parity(config, model, path, state)
+
+
+@pytest.mark.parametrize("option", ["pixel_aligned", "texel_head"])
+def test_either_option_alone_has_the_mirror_names(option):
+    """Each option alone: the file's tensors are exactly the torch model's state (what a strict load needs)."""
+    config = tiny_with(option == "pixel_aligned", option == "texel_head")
+    model = build_model(config)[0]
+    spec = torch_spec(model, config)
+    names = set(torch_state(model))
+    assert names == set(HeadsUp(spec).state_dict())
+    assert any(n.startswith("pixel_aligned.") for n in names) == (option == "pixel_aligned")
+    assert ("decoder.texel_head.weight" in names) == (option == "texel_head")
+    for key in ("pixel_aligned", "texel_head"):  # a file written before the options existed has neither
+        del spec["model"][key]
+    assert set(HeadsUp(spec).state_dict()) == set(torch_state(build_model(tiny_with(False, False))[0]))

@@ -4,8 +4,9 @@ Names are the JAX model's module paths joined by dots with torch's leaf names (`
 `weight`), e.g. `encoder.stem.weight`, `compressor.blocks.0.cross.q.weight`; layouts are torch's: conv
 kernels OIHW, linear kernels [out, in], attention projections flattened heads-major ([H * Dh, D] for
 q/k/v, [D, H * Dh] for out). Scanned compressor blocks (l, xl) are unstacked into `blocks.0 .. depth-1`.
-Buffers: `template_vertices`, `compressor.prior`, `compressor.points`, `background.means/quats/scales`
-and the atlas binding `atlas.texel_index/vertex_ids/barycentrics/corner_uvs`. The config (the torch
+Buffers: `template_vertices`, `compressor.prior`, `compressor.points`, `background.means/quats/scales`,
+`pixel_aligned.points/normals/valid` (model.pixel_aligned: each latent cell's pooled sub-block points) and
+the atlas binding `atlas.texel_index/vertex_ids/barycentrics/corner_uvs`. The config (the torch
 model's constructor arguments, the anchoring constants and the run config) is the metadata entry
 `headsup_config`, also written beside as `<out>.json`. Writing needs no torch; checking does.
 """
@@ -73,11 +74,14 @@ def _key(p: str):
 def torch_spec(model, config, step: int | None = None) -> dict:
     """The torch model's constructor arguments (and the run's config, for the record)."""
     m, bg = config.model, config.background
+    pa = m.get("pixel_aligned", {})
     return {
         "format": "headsup-torch", "version": FORMAT_VERSION, "step": step,
         "model": {k: m[k] for k in ("dim", "latent_size", "depth", "heads", "mlp_ratio", "self_attention",
                                      "encoder_widths", "encoder_blocks", "decoder_widths", "decoder_blocks",
-                                     "offset_scale", "ray_bias")},
+                                     "offset_scale", "ray_bias")}
+                 | {"texel_head": bool(m.get("texel_head", False)),
+                    "pixel_aligned": {"enabled": bool(pa.get("enabled", False)), "samples": int(pa.get("samples", 0))}},
         "background": {k: bg[k] for k in ("enabled", "num_gaussians", "code_dim", "width")},
         "atlas": {"resolution": model.atlas.resolution, "count": model.atlas.count,
                   "texel_size": model.atlas.texel_size},
@@ -102,9 +106,6 @@ def output_path(out) -> epath.Path:
 def export_torch(model, config, out, step: int | None = None) -> tuple[epath.Path, epath.Path]:
     """Writes `out` (.safetensors; local or gs://) and `out` with suffix .json, atomically -> both paths."""
     out = output_path(out)
-    if config.model.get("pixel_aligned", {}).get("enabled"):
-        raise InputError("config.model.pixel_aligned is on: the PyTorch mirror (export/torch_model.py) does not "
-                         "have the pixel-aligned queries yet, so this run cannot be exported")
     spec = json.dumps(torch_spec(model, config, step), indent=1, default=_plain)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out, save(torch_state(model), metadata={"headsup_config": spec}))

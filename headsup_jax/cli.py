@@ -27,6 +27,8 @@ COMMAND_GROUPS = {
 COMMANDS = {
     "reconstruct": ("headsup_jax.infer.cli:add_reconstruct",
                     "turn a capture into a .ply/.splat head with a trained model (one forward pass)"),
+    "fit": ("headsup_jax.infer.cli:add_fit",
+            "fit a capture's head by per-subject optimisation, from the template or a trained model (--init)"),
     "view": ("headsup_jax.infer.cli:add_view", "look at a .ply/.splat head in the browser (viser, localhost)"),
 }
 # commands with absl flags of their own (`headsup train --config=... --config.x=y`): module exposing main(argv)

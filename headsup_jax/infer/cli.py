@@ -50,6 +50,41 @@ def run_reconstruct(args) -> None:
           f"forward {1e3 * result.latency_s:.1f} ms (compile and first run {result.compile_s:.1f} s)")
 
 
+def add_fit(parser) -> None:
+    parser.add_argument("--capture", required=True, help="a capture folder (cameras.json, images/, masks/)")
+    parser.add_argument("--init", metavar="WORKDIR",
+                        help="a training run: start from its prediction from the same views (refinement)")
+    parser.add_argument("--step", type=int, help="checkpoint step of --init (default: the newest)")
+    parser.add_argument("--config", default="configs/headsup.py:tiny",
+                        help="without --init: the config whose template, atlas, renderer and losses are fitted")
+    parser.add_argument("--height", type=int, default=64, help="without --init: image height of the fit (pixels)")
+    parser.add_argument("--steps", type=int, help="Adam steps (default: 600 from the template, 100 from --init)")
+    parser.add_argument("--lr", type=float, default=0.02, help="Adam learning rate on the raw UV map")
+    parser.add_argument("--out", required=True, help="head.ply (3DGS layout) or head.splat")
+    parser.add_argument("--sh-degree", type=int, choices=[0, 1, 2, 3], help="PLY SH degree (as reconstruct)")
+    _views_options(parser)
+    parser.set_defaults(run=run_fit)
+
+
+def run_fit(args) -> None:
+    from headsup_jax.export.checks import save_gaussians
+    from headsup_jax.infer.fit import fit_capture
+    from headsup_jax.infer.trained import load_trained
+    from headsup_jax.train.config import load_config
+    from headsup_jax.train.workdir import resolve_template
+
+    capture, views = _capture_and_views(args)
+    if args.init:
+        source = {"trained": load_trained(args.init, args.step)}
+    else:
+        source = {"config": resolve_template(load_config(args.config)), "height": args.height}
+    result = fit_capture(capture, views=views, num_views=args.num_views, steps=args.steps, lr=args.lr, **source)
+    save_gaussians(result.head, args.out, args.sh_degree)
+    print(f"wrote {args.out}: {result.head.count} Gaussians fitted to {len(result.input_ids)} views of "
+          f"{capture.subject!r} from the {result.start}; loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f} "
+          f"in {len(result.losses)} steps ({result.seconds:.1f} s)")
+
+
 def register_render(sub) -> None:
     """`headsup render`: the renderer's own `demo` and the commands for files and trained models."""
     from headsup_jax.render import cli as render_cli

@@ -96,10 +96,12 @@ def load_views(capture: Capture, indices, height: int | None = None, width: int 
     return out
 
 
-def forward(model):
-    """The model's forward pass, jitted: ([B,N,H,W,3], [B,N,3,3], [B,N,4,4]) -> Gaussians [B, G (+ G_bg)]."""
+def forward(model, with_aux: bool = False):
+    """The model's forward pass, jitted: ([B,N,H,W,3], [B,N,3,3], [B,N,4,4]) -> Gaussians [B, G (+ G_bg)]
+    (and, `with_aux`, the model's aux dict: its raw "uv_map" [B, R, R, A], ...)."""
     graphdef, state = nnx.split(model)
-    run = jax.jit(lambda s, images, K, w2c: nnx.merge(graphdef, s)(images, K, w2c)[0])
+    pick = (lambda out: out) if with_aux else (lambda out: out[0])
+    run = jax.jit(lambda s, images, K, w2c: pick(nnx.merge(graphdef, s)(images, K, w2c)))
     return lambda images, K, w2c: run(state, images, K, w2c)
 
 

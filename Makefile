@@ -12,14 +12,14 @@ $(STAMP): setup.py constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
-DEMO_STEPS ?= 200
+DEMO_STEPS ?= 500
 
 # Trains the tiny config on built-in synthetic subjects (ICT-FaceKit head when ../shared has it), then
 # evaluates held-out identities: outputs/demo/eval_test.{json,png}, TensorBoard logs in outputs/demo.
 demo: $(STAMP)
 	$(BIN)/headsup render demo --out outputs/render_demo.png
 	$(BIN)/headsup train --config configs/headsup.py:tiny --workdir outputs/demo --config.optim.total_steps=$(DEMO_STEPS)
-	$(BIN)/headsup eval --workdir outputs/demo --split test --subjects 6
+	$(BIN)/headsup eval --workdir outputs/demo --split test --subjects 12 --targets 4
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 tests

@@ -9,8 +9,8 @@ import ml_collections
 SIZES = {
     #       image (H, W), views, dim, latent, depth, heads, atlas R, encoder widths, decoder widths, batch,
     #       tile capacity (Gaussians in one 16 x 16 px tile's list; 0: the renderer's default, min(G, 2048))
-    "tiny": dict(image=(64, 48), views=4, dim=64, latent=8, depth=2, heads=4, atlas=64,
-                 enc=(16, 32), dec=(64, 48, 32, 16), batch=4, tiles=0),
+    "tiny": dict(image=(64, 48), views=4, dim=64, latent=16, depth=2, heads=4, atlas=64,
+                 enc=(16, 32), dec=(64, 48, 32), batch=4, tiles=0),
     "s": dict(image=(128, 96), views=6, dim=256, latent=16, depth=4, heads=4, atlas=128,
               enc=(32, 64, 128), dec=(256, 128, 64, 32), batch=8, tiles=4096),
     "m": dict(image=(256, 192), views=8, dim=384, latent=32, depth=6, heads=6, atlas=256,
@@ -45,21 +45,21 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
                    ray_bias=True, ray_sigmas=(0.02, 0.16),
                    # queries start from the views' colours at samples x samples points of their UV cell and
                    # the mean encoder feature there (model/pixel_aligned.py)
-                   pixel_aligned=dict(enabled=False, samples=4),
+                   pixel_aligned=dict(enabled=size == "tiny", samples=4),
                    # the decoder also maps each latent cell linearly to its texels' attributes (model/decoder.py)
-                   texel_head=False)
+                   texel_head=size == "tiny")
     c.background = dict(enabled=False, num_gaussians=4096, radius=3.0, code_dim=32, width=64)
 
     c.data = dict(
         source="synthetic",  # "synthetic" (generated on first use into workdir/data) or a TFDS/capture folder
-        synthetic_subjects=64 if size == "tiny" else 10000,
+        synthetic_subjects=1000 if size == "tiny" else 10000,
         rig="frontal16",
         image_size=s["image"],  # (H, W) of the model's inputs and targets
         num_inputs=s["views"],
         num_targets=2 if size == "tiny" else 4,
         batch_size=s["batch"],
         workers=0 if size == "tiny" else 8,  # Grain decoding processes per host
-        synthetic_workers=1 if size == "tiny" else 0,  # processes generating synthetic subjects (0: one per core)
+        synthetic_workers=0,  # processes generating synthetic subjects (0: one per core)
         skip_bad_records=True,
     )
     # Tile capacities: ~1.5x the fullest tile of the initial Gaussians (8 orbit views of the procedural and

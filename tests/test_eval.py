@@ -16,6 +16,7 @@ from headsup_jax.eval.metrics import HEAD_DILATION, fidelity_metrics, head_regio
 from headsup_jax.eval.references import fit_reference, mean_head_colour, template_baseline
 from headsup_jax.train import metrics as train_metrics
 from headsup_jax.train.metrics import gaussian_window
+from headsup_jax.train.data import eval_batches, eval_source
 
 
 def _numpy_ssim_map(x, y):
@@ -76,7 +77,6 @@ def subject(tmp_path_factory):
     """One synthetic subject (procedural head, frontal16 at 64 px) as a protocol batch."""
     from headsup_jax.data.synth import SynthConfig, generate
     from headsup_jax.train.config import size_config
-    from headsup_jax.train.data import eval_batches, eval_source
     from headsup_jax.train.experiment import template_and_atlas
 
     root = tmp_path_factory.mktemp("fit")
@@ -145,3 +145,13 @@ def test_eval_on_data_the_run_was_not_trained_on(tmp_path_factory, tmp_path):
     on_captures = evaluate(config, workdir, num_subjects=8, num_targets=2, data=tmp_path / "other")
     assert on_captures["subjects"] == 3 and len(on_captures["per_subject"]["psnr"]) == 3
     assert (workdir_path(workdir) / "eval_other.json").exists()
+    # the mean-colour template is scored beside the model on the same views (colour of the run's training data)
+    from headsup_jax.train.experiment import build_experiment
+
+    experiment = build_experiment(config, workdir)
+    colour = mean_head_colour(next(eval_batches(config, eval_source(config, workdir, "train")[0], 64, 4, batch_size=64)))
+    source, _ = eval_source(config, workdir, "test", tmp_path / "other")
+    want = template_baseline(experiment, next(eval_batches(config, source, 3, 2, batch_size=3)), colour)
+    got = on_captures["reference"]["template_mean_colour"]
+    for k in ("psnr", "ssim", "psnr_head", "ssim_head"):
+        assert abs(got[k] - float(np.mean(want[k]))) < 1e-4, k

@@ -25,7 +25,7 @@ def test_beats_the_mean_colour_template_on_held_out_identities(tmp_path):
     config.template = "procedural"  # the same data and model with or without the ICT archive
     config.checkpoint.every = STEPS
     config.log.images_every = 0
-    assert config.data.synthetic_subjects == 64
+    config.data.synthetic_subjects = 64
     train(config, tmp_path, progress=False, stop_at=STEPS)
     result = evaluate(config, tmp_path, "test", num_subjects=16, num_targets=4)
     assert result["step"] == STEPS and result["subjects"] >= 5  # 10% of 64 identities, never trained on

@@ -34,6 +34,7 @@ def tiny_config(**mesh):
     config.template = "procedural"
     config.compute_dtype = "float32"
     config.atlas_resolution = 32
+    config.model.latent_size = 8
     config.model.decoder_widths = (32, 24, 16)  # latent 8 -> 16 -> 32 = atlas_resolution
     config.data.image_size = (32, 24)
     config.data.num_inputs = 2

@@ -66,6 +66,18 @@ def image_grid(renders: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return (np.clip(grid, 0, 1) * 255).astype(np.uint8)
 
 
+def _template_reference(experiment, workdir, batches) -> dict:
+    """Mean metrics of the template painted in the mean head colour of the run's training data (64
+    subjects), on the same views: the reference point every score is read against."""
+    from headsup_jax.eval.references import mean_head_colour, template_baseline
+
+    config = experiment.config
+    train, _ = eval_source(config, workdir, "train")
+    colour = mean_head_colour(next(eval_batches(config, train, 64, 4, batch_size=64)))
+    metrics = [template_baseline(experiment, b, colour) for b in batches]
+    return {k: float(np.mean(np.concatenate([m[k] for m in metrics]))) for k in metrics[0]}
+
+
 def evaluate(config, workdir, split: str = "test", num_subjects: int = 16, num_targets: int = 4,
              data=None, views: int | None = None) -> dict:
     """Metrics of the newest checkpoint on `split` of the run's dataset, or on `data` (a built dataset or a
@@ -87,10 +99,12 @@ def evaluate(config, workdir, split: str = "test", num_subjects: int = 16, num_t
     ckpt.close()
     source, name = eval_source(config, workdir, split, data)
     name += f"_n{views}" if views else ""
-    result = evaluate_batches(experiment, state, eval_batches(config, source, num_subjects, num_targets))
+    batches = list(eval_batches(config, source, num_subjects, num_targets))
+    result = evaluate_batches(experiment, state, batches)
     summary = {"step": step, "data": str(data or "run dataset"), "split": split, "views": config.data.num_inputs,
                "subjects": int(result["renders"].shape[0]), "targets_per_subject": num_targets,
                **{k: float(np.mean(v)) for k, v in result["metrics"].items()},
+               "reference": {"template_mean_colour": _template_reference(experiment, workdir, batches)},
                "per_subject": {k: np.mean(v, axis=1).tolist() for k, v in result["metrics"].items()}}
     if jax.process_index() == 0:
         write_bytes_atomic(workdir / f"eval_{name}.json", json.dumps(summary, indent=2).encode())

@@ -1,22 +1,41 @@
 """Orbax checkpoints of the train state plus each process's data iterator state.
 
-Saves are asynchronous and atomic (a killed run leaves the last finished checkpoint intact); the
-manager keeps the newest `keep`. The Grain iterator state of every process is written beside the
-checkpoint (small JSON, atomically) with the process count that wrote it, so a resumed run continues on
-the exact next batch, and a run resumed on another number of processes knows how far the data had got
-(`train.data.resume_position`). Restoring takes the shardings of the *current* mesh, so a checkpoint
-restores onto a different device count. The workdir may be a local folder or a bucket URI (gs://...).
+Saves are asynchronous and atomic (Orbax writes `N.orbax-checkpoint-tmp-*` and renames it to `N` when
+complete); the manager keeps the newest `keep`. The Grain iterator state of every process is written
+beside the checkpoint (small JSON, atomically) with the process count that wrote it, so a resumed run
+continues on the exact next batch, and a run resumed on another number of processes knows how far the
+data had got (`train.data.resume_position`). Restoring takes the shardings of the *current* mesh, so a
+checkpoint restores onto a different device count. The workdir may be a local folder or a bucket URI.
+
+Faults: a write cut short (kill, crash) leaves a temporary folder, ignored with a warning naming its step
+and removed. Each finished checkpoint gets a checksum manifest (`train.manifest`); one that fails it or
+cannot be read is reported by step and file, moved to `checkpoints_corrupt/` and the previous one
+restored. A write that fails (disk full) raises `CheckpointError`, the previous checkpoints intact.
 """
 from __future__ import annotations
 
 import json
+import logging
+import re
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
+from headsup_jax.errors import InputError
 from headsup_jax.fileio import write_json_atomic
+from headsup_jax.train.manifest import first_mismatch, manifest
+
+log = logging.getLogger(__name__)
+
+INTERRUPTED = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")  # Orbax's temporary folder of a step being written
+MISFIT = ("stored shape", "tree structures do not match")  # Orbax's words for a checkpoint of another model
+
+
+class CheckpointError(InputError):
+    """A checkpoint that cannot be written (disk full, read-only) or read back: the storage's fault, not a
+    bug; `headsup train` prints it as one line."""
 
 
 class Checkpointer:
@@ -24,12 +43,19 @@ class Checkpointer:
         workdir = epath.Path(workdir)
         self.root = (workdir if workdir.is_absolute() else epath.Path.cwd() / workdir) / "checkpoints"
         self.every = every
+        self.interrupted = sorted(int(m[1]) for p in (self.root.iterdir() if self.root.exists() else [])
+                                  if (m := INTERRUPTED.match(p.name)))  # before the manager removes them
         self.manager = ocp.CheckpointManager(
             self.root, options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
-                                                            enable_async_checkpointing=True))
+                                                            enable_async_checkpointing=True,
+                                                            cleanup_tmp_directories=True))
+        self._unsealed = []  # steps saved here whose manifest is not written yet (their save may be in flight)
 
     def _data_folder(self, step: int) -> epath.Path:
         return self.root.parent / "data_state" / f"{step}"
+
+    def _manifest_path(self, step: int) -> epath.Path:
+        return self._data_folder(step) / "manifest.json"
 
     @property
     def latest_step(self) -> int | None:
@@ -43,27 +69,101 @@ class Checkpointer:
     def save(self, step: int, state: nnx.State, data_state: dict | None, force: bool = False,
              train_seconds: float | None = None) -> bool:
         """Starts saving `state` at `step` if the interval says so (or `force`); returns whether it did.
-        `train_seconds` (the run's training wall time so far) is recorded with the data state."""
+        `train_seconds` (the run's training wall time so far) is recorded with the data state. A failed
+        write (of this save, or of the one before, finishing) raises CheckpointError."""
         if not (force or self.due(step)) or step in self.manager.all_steps():
             return False
-        if data_state is not None:
-            record = {"process_count": jax.process_count(), "process_index": jax.process_index(), "data": data_state,
-                      "train_seconds": train_seconds}
-            write_json_atomic(self._data_folder(step) / f"process_{jax.process_index()}.json", record)
-        saved = self.manager.save(step, args=ocp.args.StandardSave(nnx.to_pure_dict(state)), force=True)
+        self.wait()
+        try:
+            if jax.process_index() == 0:
+                self._manifest_path(step).unlink(missing_ok=True)  # of a checkpoint of this step moved aside
+            if data_state is not None:
+                record = {"process_count": jax.process_count(), "process_index": jax.process_index(),
+                          "data": data_state, "train_seconds": train_seconds}
+                write_json_atomic(self._data_folder(step) / f"process_{jax.process_index()}.json", record)
+            saved = self.manager.save(step, args=ocp.args.StandardSave(nnx.to_pure_dict(state)), force=True)
+        except Exception as e:  # noqa: BLE001 (storage errors arrive wrapped by Orbax's threads)
+            raise self._write_error(step, e) from e
+        self._unsealed.append(step)
         self._prune_data_states()
         return saved
 
+    def _write_error(self, step: int, e: Exception) -> Exception:
+        """CheckpointError for a failed write of `step` whose cause is the storage (an OSError), else `e`."""
+        cause = e
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            return e
+        kept = sorted(s for s in self.manager.all_steps() if s != step)
+        return CheckpointError(f"{self.root}: writing checkpoint {step} failed: {cause.strerror or cause}; "
+                               f"the checkpoints kept ({kept or 'none'}) are intact and the same command resumes "
+                               f"from the newest once the storage takes writes again")
+
+    def wait(self) -> None:
+        """Waits for the save in flight, then writes the checksum manifests of the checkpoints it finished."""
+        try:
+            self.manager.wait_until_finished()
+            finished = set(self.manager.all_steps())
+            for step in [s for s in self._unsealed if s in finished]:
+                if jax.process_index() == 0:
+                    write_json_atomic(self._manifest_path(step), manifest(self.root / str(step)))
+        except Exception as e:  # noqa: BLE001
+            raise self._write_error(self._unsealed[-1] if self._unsealed else -1, e) from e
+        self._unsealed = [s for s in self._unsealed if s not in finished]
+
     def restore(self, abstract_state: nnx.State, step: int | None = None) -> tuple[int, nnx.State]:
-        """The newest (or given) checkpoint, laid out as `abstract_state` (shapes, dtypes, shardings)."""
-        step = self.latest_step if step is None else step
-        if step is None:
+        """The newest checkpoint that reads back whole (or the given one), laid out as `abstract_state`
+        (shapes, dtypes, shardings). Newer ones that are corrupt are reported by step and file and moved
+        to checkpoints_corrupt/; newer interrupted writes are reported by step."""
+        steps = sorted(self.manager.all_steps(), reverse=True) if step is None else [step]
+        if not steps:
             raise FileNotFoundError(f"no checkpoint in {self.root}")
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
                               nnx.to_pure_dict(abstract_state))
-        pure = self.manager.restore(step, args=ocp.args.StandardRestore(target))
-        nnx.replace_by_pure_dict(abstract_state, pure)  # fills abstract_state in place
-        return step, abstract_state
+        for s in steps:
+            problem, pure = self._read(s, target)
+            if problem is None:
+                for skipped in [i for i in self.interrupted if i > s]:
+                    log.warning("checkpoint %d in %s was not finished (its write was interrupted): ignored, "
+                                "restoring step %d", skipped, self.root, s)
+                nnx.replace_by_pure_dict(abstract_state, pure)  # fills abstract_state in place
+                return s, abstract_state
+            if step is not None:
+                raise CheckpointError(problem)
+            log.error("%s: moved to %s, trying the previous checkpoint", problem, self._quarantine(s))
+        raise CheckpointError(f"{self.root}: no checkpoint reads back whole (steps {steps}, reported above)")
+
+    def _read(self, step: int, target) -> tuple[str | None, dict | None]:
+        """(None, the state's pure dict) or (what is wrong with checkpoint `step`, None)."""
+        folder = self.root / str(step)
+        if self._manifest_path(step).exists():
+            mismatch = first_mismatch(folder, json.loads(self._manifest_path(step).read_text()))
+            if mismatch:
+                return f"checkpoint {step} is corrupt: {mismatch}", None
+        try:
+            return None, self.manager.restore(step, args=ocp.args.StandardRestore(target))
+        except Exception as e:  # noqa: BLE001 (tensorstore and JSON errors of damaged files)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if any(words in str(e) for words in MISFIT):
+                raise CheckpointError(f"{folder}: the checkpoint does not fit this model (another model size or "
+                                      f"config): {first}") from e
+            return f"checkpoint {step} cannot be read ({folder}): {type(e).__name__}: {first}", None
+
+    def _quarantine(self, step: int) -> epath.Path:
+        """Moves checkpoint `step` out of Orbax's sight (process 0), so the run saves that step afresh."""
+        dest = self.root.parent / "checkpoints_corrupt" / str(step)
+        if jax.process_index() == 0:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.exists():
+                dest.rmtree()
+            (self.root / str(step)).rename(dest)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"checkpoint_quarantine_{step}")
+        self.manager.reload()
+        return dest
 
     def data_states(self, step: int) -> list[dict]:
         """The data records saved with `step`, one per process of the run that saved it, in process order
@@ -83,9 +183,6 @@ class Checkpointer:
             if sub.name.isdigit() and int(sub.name) not in keep and int(sub.name) < max(keep, default=0):
                 sub.rmtree()
 
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
-
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()

@@ -6,6 +6,9 @@ $FAULT_PAUSE_S seconds, so a test can signal or kill the loop while it is inside
     python tests/faults/fault_worker.py preemption --coordinator HOST:PORT --num_processes N --process_id I
         N processes (jax.distributed, no model) ask `train.preemption.Preemption.reached` at steps 1, 2, ...
         ($FAULT_PAUSE_S apart), printing "fault_worker: step K", then "fault_worker: stopped after step K".
+    python tests/faults/fault_worker.py interrupted_save WORKDIR
+        A small state checkpointed at step 3, then a save of step 6 killed (-9) from inside Orbax's background
+        write, just before it renames its temporary folder to 6 (what a kill during the write leaves).
 """
 from __future__ import annotations
 
@@ -52,7 +55,35 @@ def preemption_steps(coordinator: str, num_processes: int, process_id: int, paus
     raise SystemExit("fault_worker: no preemption agreed in 1000 steps")
 
 
+def small_state(seed: int):
+    """A small nnx state (a 64 -> 32 linear layer, weights drawn from `seed`)."""
+    from flax import nnx
+
+    return nnx.state(nnx.Linear(64, 32, rngs=nnx.Rngs(seed)))
+
+
+def interrupted_save(workdir: str) -> None:
+    from orbax.checkpoint._src.path import atomicity
+
+    from headsup_jax.train.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(workdir, every=3, keep=3)
+    ckpt.save(3, small_state(3), {"at": 3})
+    ckpt.wait()
+
+    async def killed(*_args, **_kwargs):
+        print("fault_worker: killed inside the write of checkpoint 6", flush=True)
+        os.kill(os.getpid(), 9)
+
+    atomicity.AtomicRenameTemporaryPath.finalize = killed
+    ckpt.save(6, small_state(6), {"at": 6})
+    ckpt.wait()
+    raise SystemExit("fault_worker: the save of checkpoint 6 finished")
+
+
 def main(argv) -> None:
+    if argv[0] == "interrupted_save":
+        return interrupted_save(argv[1])
     from headsup_jax.train import loop
 
     if argv[0] == "preemption":

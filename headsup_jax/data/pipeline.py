@@ -6,8 +6,8 @@
     state = it.get_state()  # JSON-able; a new pipeline with set_state(state) resumes on the next batch
 
 Deterministic for a seed (shuffle per epoch, view choice per record). Bad records (decode failures,
-invalid cameras, too few cameras) are skipped and counted in `it.metrics`, or raise with
-`fail_fast=True`. Decoding runs in Grain worker processes when `worker_count > 0`.
+invalid cameras, too few cameras, per-camera fields of mismatched lengths) are skipped, logged and
+counted in `it.metrics`, or raise naming the subject, file and field with `fail_fast=True`. Decoding runs in Grain worker processes when `worker_count > 0`.
 """
 from __future__ import annotations
 
@@ -38,8 +38,25 @@ class PipelineConfig:
     fail_fast: bool = False  # raise CaptureError on the first bad record instead of skipping it
 
 
+PER_CAMERA = ("camera_ids", "images", "masks", "K", "world_to_cam", "width", "height")  # one entry per camera
+
+
+def _check_layout(record: dict) -> None:
+    """Raises CaptureError unless every per-camera field holds one entry per camera id."""
+    subject = record.get("subject", b"?")
+    subject = subject.decode() if isinstance(subject, bytes) else str(subject)
+    if "camera_ids" not in record:
+        raise CaptureError(Problem(subject, "record", "camera_ids", "missing"))
+    n = len(record["camera_ids"])
+    for key in PER_CAMERA:
+        if key not in record or len(record[key]) != n:
+            got = "missing" if key not in record else f"{len(record[key])} entries"
+            raise CaptureError(Problem(subject, "record", key, f"{got} for {n} cameras"))
+
+
 def _process(record: dict, rng: np.random.Generator, spec: ViewSpec) -> dict:
     try:
+        _check_layout(record)
         return make_views(record, spec, rng)
     except CaptureError as e:
         return {"_bad": dataclasses.asdict(e.problem)}

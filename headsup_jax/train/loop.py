@@ -102,15 +102,25 @@ def train(config, workdir, devices=None, progress: bool = True, stop_at: int | N
     return last
 
 
+NONFINITE_CHECKED = ("loss", "grad_norm")  # a NaN/inf gradient anywhere makes its global norm non-finite
+
+
 def _check_finite(pending, config, ckpt) -> int:
-    """Reads the losses of the steps since the last read -> how many were non-finite (their updates were
-    dropped by optax.apply_if_finite); with on_nonfinite="raise" the first one stops the run."""
-    bad = [(step, m) for step, m in pending if not np.isfinite(float(m["loss"]))]
-    if bad and config.on_nonfinite == "raise":
-        step, m = bad[0]
-        raise NonFiniteLoss(f"step {step}: loss is {float(m['loss'])} ({ {k: float(v) for k, v in m.items()} }); "
-                            f"last good checkpoint: {ckpt.latest_step}")
-    return len(bad)
+    """Reads the loss and gradient norm of the steps since the last read -> how many were non-finite
+    (their updates were dropped by optax.apply_if_finite, each logged); with on_nonfinite="raise" the
+    first one stops the run, before any checkpoint of it is written."""
+    bad = 0
+    for step, m in pending:
+        values = {k: float(m[k]) for k in NONFINITE_CHECKED if k in m}
+        names = [k for k, v in values.items() if not np.isfinite(v)]
+        if names:
+            bad += 1
+            quantities = ", ".join(f"{k} is {values[k]}" for k in names)
+            if config.on_nonfinite == "raise":
+                raise NonFiniteLoss(f"step {step}: {quantities} ({ {k: float(v) for k, v in m.items()} }); "
+                                    f"last good checkpoint: {ckpt.latest_step}")
+            log.warning("step %d: %s: its update was skipped (on_nonfinite=skip)", step, quantities)
+    return bad
 
 
 def _held_out_batches(config, dataset) -> list[dict]:

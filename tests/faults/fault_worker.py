@@ -3,6 +3,7 @@ on stdout ("fault_worker: batch K", K counted from 1 in this process) and follow
 $FAULT_PAUSE_S seconds, so a test can signal or kill the loop while it is inside a known step.
 
     python tests/faults/fault_worker.py loop OUT.npz --workdir DIR   (as train_worker.py; see its docstring)
+        $FAULT_NAN_BATCH=K: batch K's first input image is NaN; $FAULT_ON_NONFINITE: the config's on_nonfinite.
     python tests/faults/fault_worker.py preemption --coordinator HOST:PORT --num_processes N --process_id I
         N processes (jax.distributed, no model) ask `train.preemption.Preemption.reached` at steps 1, 2, ...
         ($FAULT_PAUSE_S apart), printing "fault_worker: step K", then "fault_worker: stopped after step K".
@@ -25,12 +26,14 @@ import train_worker  # noqa: E402
 class Announced:
     """A train iterator printing each batch it hands out, then pausing."""
 
-    def __init__(self, it, pause: float):
-        self.it, self.pause, self.count = it, pause, 0
+    def __init__(self, it, pause: float, nan_batch: int = 0):
+        self.it, self.pause, self.nan_batch, self.count = it, pause, nan_batch, 0
 
     def __next__(self):
         batch = next(self.it)
         self.count += 1
+        if self.count == self.nan_batch:
+            batch["inputs"][0] = float("nan")  # [B, N, H, W, 3]: record 0's views
         print(f"fault_worker: batch {self.count}", flush=True)
         time.sleep(self.pause)
         return batch
@@ -92,7 +95,17 @@ def main(argv) -> None:
                                 float(os.environ.get("FAULT_PAUSE_S", "0")))
 
     make, pause = loop.train_iterator, float(os.environ.get("FAULT_PAUSE_S", "0"))
-    loop.train_iterator = lambda *a, **k: Announced(make(*a, **k), pause)
+    nan_batch = int(os.environ.get("FAULT_NAN_BATCH", "0"))
+    loop.train_iterator = lambda *a, **k: Announced(make(*a, **k), pause, nan_batch)
+    if "FAULT_ON_NONFINITE" in os.environ:
+        resume_config = train_worker.resume_config
+
+        def config(**mesh):
+            c = resume_config(**mesh)
+            c.on_nonfinite = os.environ["FAULT_ON_NONFINITE"]
+            return c
+
+        train_worker.resume_config = config
     train_worker.main(argv)
 
 

@@ -106,8 +106,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
         lines = str(e).strip().splitlines()
         flag = lines[0].partition(": Error whilst parsing config file")[0]
         raise ConfigError(lines[0] if len(lines) == 1 else f"{flag}: {lines[-1]}") from e
-    except AttributeError as e:  # config_flags' "'lrr'\nDid you mean "lr" instead of "lrr"?" (escaped)
-        raise ConfigError("--config: no field " + str(e).strip("'").replace("\\n", " ").replace("\\'", "'")) from e
+    except AttributeError as e:  # config_flags' "'lrr'\nDid you mean "lr" instead of "lrr"?" (escaped, quoted)
+        text = str(e)
+        text = text[1:-1] if len(text) > 1 and text[0] in "'\"" and text[-1] == text[0] else text
+        raise ConfigError("--config: no field " + text.replace("\\n", " ").replace("\\'", "'")) from e
 
 
 def _run(argv) -> None:

@@ -21,7 +21,8 @@ from headsup_jax.train.optim import step_learning_rate
 from headsup_jax.train.preemption import Preemption
 from headsup_jax.train.sharding import global_batch
 from headsup_jax.train.step import TrainStep
-from headsup_jax.train.workdir import check_config, check_template, resolve_template, save_config, workdir_path
+from headsup_jax.train.workdir import (check_config, check_template, check_writable, resolve_template, save_config,
+                                      workdir_path)
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +41,20 @@ def train(config, workdir, devices=None, progress: bool = True, stop_at: int | N
     workdir = workdir_path(workdir)
     config = resolve_template(config)
     check_config(config, workdir)  # before anything is written
+    check_writable(workdir)
     experiment = build_experiment(config, workdir, devices)
-    check_template(config, experiment.template, workdir)
-    save_config(config, workdir)
-    dataset = dataset_dir(config, workdir, sync=True)
-    held_out = _held_out_batches(config, dataset)
-
     ckpt = Checkpointer(workdir, config.checkpoint.every, config.checkpoint.keep)
     state, start, data_start, data_state, seconds = experiment.state, 0, 0, None, 0.0
-    if ckpt.latest_step is not None:
+    if ckpt.latest_step is not None:  # a checkpoint of another model is refused here, before the run's records
         start, state = ckpt.restore(experiment.state)
         records = ckpt.data_states(start)
         data_start, data_state = resume_position(records, f"checkpoint {start} in {ckpt.root}")
         seconds = records[0].get("train_seconds") or 0.0
         log.info("resumed from step %d", start)
+    check_template(config, experiment.template, workdir)
+    save_config(config, workdir)
+    dataset = dataset_dir(config, workdir, sync=True)
+    held_out = _held_out_batches(config, dataset)
     data = train_iterator(config, dataset, start=data_start)
     if data_state is not None:
         data.set_state(data_state)

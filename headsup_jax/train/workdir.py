@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import pathlib
 
 import jax
 import numpy as np
@@ -90,6 +92,21 @@ def check_config(config, workdir) -> None:
     if diff:
         log.warning("config differs from %s in %s; the new values are used and saved", path,
                     ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in diff.items()))
+
+
+def check_writable(workdir) -> None:
+    """ConfigError unless a local `workdir` is a folder this process may write, or can be made one; checked
+    without writing anything (bucket URIs are left to their first write)."""
+    path = workdir_path(workdir)
+    if "://" in str(path):
+        return
+    existing = pathlib.Path(str(path)).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"--workdir {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--workdir {path}: {existing} is not writable by this user (or is on a read-only disk)")
 
 
 def save_config(config, workdir) -> None:

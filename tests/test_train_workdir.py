@@ -220,3 +220,23 @@ def test_data_position_is_resharded_onto_another_process_count(caplog):
         resume_position(two[1:], "checkpoint 3")
     with pytest.raises(FileNotFoundError, match="no data state"):
         resume_position([], "checkpoint 3")
+
+
+def test_relative_workdir_checkpoints_under_the_current_folder(tmp_path, monkeypatch):
+    """`headsup train --workdir outputs/demo` (as `make demo` runs it): a relative workdir is taken from the
+    current folder; a checkpoint saved there restores."""
+    from flax import nnx
+
+    from headsup_jax.train.checkpoint import Checkpointer
+
+    monkeypatch.chdir(tmp_path)
+    state = nnx.State({"w": nnx.Param(np.arange(3.0, dtype=np.float32))})
+    ckpt = Checkpointer("outputs/demo", every=1, keep=1)
+    ckpt.save(1, state, {"read": 4})
+    ckpt.wait()
+    ckpt.close()
+    assert (tmp_path / "outputs" / "demo" / "checkpoints" / "1").is_dir()
+    ckpt = Checkpointer("outputs/demo", every=1, keep=1)
+    step, restored = ckpt.restore(state)
+    ckpt.close()
+    assert step == 1 and np.array_equal(np.asarray(restored["w"][...]), [0.0, 1.0, 2.0])

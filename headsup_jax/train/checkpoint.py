@@ -41,7 +41,7 @@ class CheckpointError(InputError):
 class Checkpointer:
     def __init__(self, workdir, every: int, keep: int):
         workdir = epath.Path(workdir)
-        self.root = (workdir if workdir.is_absolute() else epath.Path.cwd() / workdir) / "checkpoints"
+        self.root = (workdir if workdir.is_absolute() else workdir.resolve()) / "checkpoints"  # Orbax wants absolute
         self.every = every
         self.interrupted = sorted(int(m[1]) for p in (self.root.iterdir() if self.root.exists() else [])
                                   if (m := INTERRUPTED.match(p.name)))  # before the manager removes them

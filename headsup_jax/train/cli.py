@@ -26,6 +26,8 @@ flags.DEFINE_string("workdir", None, "run folder: checkpoints, TensorBoard logs,
 flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0 for a local multi-process run")
 flags.DEFINE_integer("num_processes", None, "processes in a local multi-process run")
 flags.DEFINE_integer("process_id", None, "this process's index in a local multi-process run")
+flags.DEFINE_integer("heartbeat_timeout", 100, "multi-process runs: seconds without a process's heartbeat before the "
+                     "others stop, naming it")
 flags.DEFINE_bool("require_accelerator", False, "refuse to start when JAX's backend is the CPU (set by launch/)")
 flags.DEFINE_string("split", "test", "eval only: split to evaluate")
 flags.DEFINE_integer("subjects", 16, "eval only: held-out subjects to evaluate")
@@ -68,12 +70,14 @@ def check_backend(require_accelerator: bool) -> str:
 def _init_distributed() -> None:
     import jax
 
+    from headsup_jax.train import peers
+
     if FLAGS.coordinator:
         # CPU collectives between local processes (no effect on accelerators; set before any backend starts)
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+        peers.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id, FLAGS.heartbeat_timeout)
     elif _on_cluster():
-        jax.distributed.initialize()
+        peers.initialize(heartbeat_timeout=FLAGS.heartbeat_timeout)
 
 
 def _on_cluster() -> bool:

@@ -18,6 +18,7 @@ from headsup_jax.train.data import (dataset_dir, eval_batches, held_out_split, m
                                     resume_position, train_iterator)
 from headsup_jax.train.experiment import build_experiment
 from headsup_jax.train.optim import step_learning_rate
+from headsup_jax.train.peers import peers_named
 from headsup_jax.train.preemption import Preemption
 from headsup_jax.train.sharding import global_batch
 from headsup_jax.train.step import TrainStep
@@ -67,7 +68,7 @@ def train(config, workdir, devices=None, progress: bool = True, stop_at: int | N
     t0, last_log, started = time.perf_counter(), start, time.perf_counter() - seconds
     bar = tqdm(range(start, end), initial=start, total=total, disable=not progress or jax.process_index() != 0,
                desc="train", dynamic_ncols=True)
-    with Preemption() as preemption:
+    with Preemption() as preemption, peers_named(ckpt):
         for step in bar:
             batch = next(data)
             require_masks(batch, config)

@@ -7,6 +7,10 @@ $FAULT_PAUSE_S seconds, so a test can signal or kill the loop while it is inside
     python tests/faults/fault_worker.py preemption --coordinator HOST:PORT --num_processes N --process_id I
         N processes (jax.distributed, no model) ask `train.preemption.Preemption.reached` at steps 1, 2, ...
         ($FAULT_PAUSE_S apart), printing "fault_worker: step K", then "fault_worker: stopped after step K".
+    python tests/faults/fault_worker.py lost_peer WORKDIR --coordinator HOST:PORT --num_processes N --process_id I
+        N processes (heartbeat timeout 3 s) run steps 1..9, each a collective, checkpointing a small state every
+        3 inside `train.peers.peers_named`, resuming from the newest checkpoint; $FAULT_DIE="I:K": process I
+        kills itself (-9) at step K.
     python tests/faults/fault_worker.py interrupted_save WORKDIR
         A small state checkpointed at step 3, then a save of step 6 killed (-9) from inside Orbax's background
         write, just before it renames its temporary folder to 6 (what a kill during the write leaves).
@@ -84,7 +88,39 @@ def interrupted_save(workdir: str) -> None:
     raise SystemExit("fault_worker: the save of checkpoint 6 finished")
 
 
+def lost_peer(workdir: str, coordinator: str, num_processes: int, process_id: int, steps: int = 9) -> None:
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    from headsup_jax.train import peers
+
+    peers.initialize(coordinator, num_processes, process_id, heartbeat_timeout=3, initialization_timeout=60)
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    from headsup_jax.train.checkpoint import Checkpointer
+
+    host_state = lambda step: jax.tree.map(np.asarray, small_state(step))  # noqa: E731  (the same on every process)
+    die = os.environ.get("FAULT_DIE", "-1:-1").split(":")
+    ckpt, start, state = Checkpointer(workdir, every=3, keep=2), 0, host_state(0)
+    if ckpt.latest_step is not None:
+        start, state = ckpt.restore(state)
+        print(f"fault_worker: resumed from step {start}", flush=True)
+    with peers.peers_named(ckpt):
+        for step in range(start + 1, steps + 1):
+            if [process_id, step] == [int(x) for x in die]:
+                os.kill(os.getpid(), 9)
+            multihost_utils.process_allgather(np.float32(step))  # a collective, as each train step has
+            print(f"fault_worker: step {step}", flush=True)
+            ckpt.save(step, host_state(step), {"step": step})
+    ckpt.close()
+    print("fault_worker: finished", flush=True)
+
+
 def main(argv) -> None:
+    if argv[0] == "lost_peer":
+        _, workdir, _, coordinator, _, num_processes, _, process_id = argv
+        return lost_peer(workdir, coordinator, int(num_processes), int(process_id))
     if argv[0] == "interrupted_save":
         return interrupted_save(argv[1])
     from headsup_jax.train import loop

@@ -108,8 +108,8 @@ class Checkpointer:
             for step in [s for s in self._unsealed if s in finished]:
                 if jax.process_index() == 0:
                     write_json_atomic(self._manifest_path(step), manifest(self.root / str(step)))
-        except Exception as e:  # noqa: BLE001
-            raise self._write_error(self._unsealed[-1] if self._unsealed else -1, e) from e
+        except Exception as e:  # noqa: BLE001 (only with a save in flight or a manifest to write: _unsealed holds it)
+            raise self._write_error(self._unsealed[-1], e) from e
         self._unsealed = [s for s in self._unsealed if s not in finished]
 
     def restore(self, abstract_state: nnx.State, step: int | None = None) -> tuple[int, nnx.State]:

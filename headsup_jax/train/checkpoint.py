@@ -55,7 +55,7 @@ class Checkpointer:
         return self.root.parent / "data_state" / f"{step}"
 
     def _manifest_path(self, step: int) -> epath.Path:
-        return self._data_folder(step) / "manifest.json"
+        return self.root.parent / "checkpoint_manifests" / f"{step}.json"
 
     @property
     def latest_step(self) -> int | None:
@@ -175,13 +175,15 @@ class Checkpointer:
         return sorted(records, key=lambda r: r["process_index"])
 
     def _prune_data_states(self) -> None:
-        folder = self.root.parent / "data_state"
-        if jax.process_index() != 0 or not folder.exists():
+        """Removes the data states and manifests of checkpoints Orbax no longer keeps (process 0)."""
+        if jax.process_index() != 0:
             return
         keep = set(self.manager.all_steps()) | {s for s in [self.manager.latest_step()] if s is not None}
-        for sub in folder.iterdir():
-            if sub.name.isdigit() and int(sub.name) not in keep and int(sub.name) < max(keep, default=0):
-                sub.rmtree()
+        for folder in (self.root.parent / "data_state", self.root.parent / "checkpoint_manifests"):
+            for sub in folder.iterdir() if folder.exists() else []:
+                step = sub.name.removesuffix(".json")
+                if step.isdigit() and int(step) not in keep and int(step) < max(keep, default=0):
+                    sub.rmtree() if sub.is_dir() else sub.unlink()
 
     def close(self) -> None:
         self.wait()

@@ -76,7 +76,7 @@ def test_a_corrupt_newest_checkpoint_is_named_and_the_previous_restored(tmp_path
         data = data[: len(data) // 2]
     victim.write_bytes(bytes(data))
     if damage.endswith("no manifest"):  # a checkpoint written before manifests: Orbax's own error is caught
-        (tmp_path / "data_state" / "6" / "manifest.json").unlink()
+        (tmp_path / "checkpoint_manifests" / "6.json").unlink()
     with caplog.at_level(logging.WARNING, "headsup_jax"):
         step, state = restored(tmp_path)
     assert step == 3

@@ -26,9 +26,11 @@ STOP_WITHIN = 20.0  # seconds from SIGTERM to the checkpoint written (the step's
 
 
 @pytest.fixture(scope="module")
-def full(tmp_path_factory, jax_cache):
-    """The uninterrupted 6-step run (its workdir and saved arrays)."""
+def full(tmp_path_factory, jax_cache, synthetic_data):
+    """The uninterrupted 6-step run (its workdir and saved arrays) on the shared synthetic dataset."""
     workdir = tmp_path_factory.mktemp("full")
+    (workdir / "run").mkdir()
+    (workdir / "run" / "data").symlink_to(synthetic_data)
     run_worker(["loop", str(workdir / "out.npz"), "--workdir", str(workdir / "run")], jax_cache)
     return workdir / "run", dict(np.load(workdir / "out.npz"))
 

@@ -28,8 +28,8 @@ def params(path) -> dict:
     return {k: v for k, v in np.load(path).items() if k.startswith("param/")}
 
 
-def test_a_nan_batch_is_skipped_and_counted_or_stops_the_run(tmp_path, jax_cache):
-    skip = tmp_path / "skip"
+def test_a_nan_batch_is_skipped_and_counted_or_stops_the_run(tmp_path, jax_cache, linked_data):
+    skip = linked_data(tmp_path / "skip")
     skipped = run(skip, tmp_path / "skip.npz", jax_cache, 1, on_nonfinite="skip", nan_batch=1)
     log = skipped.stdout + skipped.stderr
     assert skipped.returncode == 0, log[-4000:]
@@ -43,9 +43,7 @@ def test_a_nan_batch_is_skipped_and_counted_or_stops_the_run(tmp_path, jax_cache
         np.testing.assert_array_equal(after[k], init[k], err_msg=k)
     assert scalars(skip / "tensorboard", "skipped_updates") == {1: 1.0}
 
-    stop = tmp_path / "raise"
-    stop.mkdir()
-    (stop / "data").symlink_to(skip / "data")
+    stop = linked_data(tmp_path / "raise")
     failed = run(stop, tmp_path / "raised.npz", jax_cache, 1, on_nonfinite="raise", nan_batch=1)
     log = failed.stdout + failed.stderr
     assert failed.returncode != 0

@@ -40,6 +40,20 @@ def register(sub) -> None:
                      help="units of the source's translations (default: detected from the rig's size)")
     imp.set_defaults(run=run_import)
 
+    from headsup_jax.data.align import METHODS
+
+    align = sub.add_parser("align", help="move a capture's cameras into the template's frame (head at the origin, "
+                           "+y up, +z out of the face, metres); the originals go to alignment.json")
+    align.add_argument("dir", help="capture folder (its cameras.json is rewritten)")
+    align.add_argument("--method", default="masks", choices=METHODS,
+                       help="masks: fit the template's silhouette; manual: the similarity in --pose")
+    align.add_argument("--pose", default=None,
+                       help="manual: JSON {scale, rotation (3x3 or [w, x, y, z]), translation}, "
+                       "capture world -> template")
+    align.add_argument("--template", default="procedural", help="head template spec fitted by --method masks")
+    align.add_argument("--undo", action="store_true", help="restore the original cameras and remove alignment.json")
+    align.set_defaults(run=run_align)
+
 
 def run_validate(args) -> int:
     from headsup_jax.data.capture import validate_tree
@@ -78,6 +92,19 @@ def run_import(args) -> None:
     capture, units, undistorted = import_capture(args.fmt, args.src, args.out, args.subject, args.frame, args.units)
     print(f"wrote {args.out}: {len(capture.cameras)} cameras, units {units} -> m, "
           f"{len(undistorted)} undistorted, masks {'yes' if capture.mask_files else 'no'}")
+
+
+def run_align(args) -> None:
+    from headsup_jax.data.align import align_capture, rotation_angle_degrees, undo_alignment
+    from headsup_jax.data.align_masks import MaskFitSettings
+
+    if args.undo:
+        print(f"{args.dir}: original cameras restored" if undo_alignment(args.dir) else f"{args.dir}: not aligned")
+        return
+    sim, info = align_capture(args.dir, args.method, args.pose, MaskFitSettings(template=args.template))
+    print(f"aligned {args.dir} ({args.method}): scale {sim.scale:.6g}, rotation "
+          f"{rotation_angle_degrees(sim.rotation):.1f} deg, translation {sim.translation.round(4).tolist()}"
+          + (f", silhouette loss {info['loss']:.4f}" if "loss" in info else "") + "; originals in alignment.json")
 
 
 def register_synth(sub) -> None:

@@ -1,0 +1,231 @@
+"""`--method masks`: the similarity that makes the template's silhouette match the capture's masks.
+
+The template's anchored Gaussians (`geometry.anchor`, zero attributes: opaque surfels tiling the
+surface) are rendered with our differentiable renderer in every view; the loss is the mean squared
+difference of the rendered alpha and the mask. Nothing assumes the head is near the capture's origin:
+
+1. normalise: the rig's look-at centre c (the point closest to all optical axes, least squares) goes
+   to the template's aim point and the rig is scaled to a typical head rig's size (median camera
+   distance RIG_RADIUS);
+2. coarse: Adam on (rotation vector, log-scale, translation) from each of the 24 rotations of the
+   cube (spread over SO(3), at most 62.8 degrees from any rotation) at once, masks at `coarse_height` px;
+3. fine: the best start alone, masks at `fine_height` px; then optionally the template's identity
+   coefficients too (N(0, 1) prior), which lets the silhouette follow the subject's head shape.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from PIL import Image
+
+from headsup_jax.data.io import decode_image
+from headsup_jax.errors import InputError
+from headsup_jax.geometry.rigs import TARGET
+from headsup_jax.limits import check_file_size
+
+RIG_RADIUS = 1.0  # metres: median camera distance of a typical head rig (frontal16 1.0, dome80 1.2)
+_TRANSLATION_UNIT = 0.1  # metres per unit of the translation parameters (Adam steps ~ lr of a unit)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskFitSettings:
+    template: str = "procedural"
+    atlas_resolution: int = 32
+    coarse_height: int = 16  # mask height (px) of the multi-start stage
+    fine_height: int = 32  # of the refinement (at most the captured height)
+    coarse_steps: int = 15
+    fine_steps: int = 60
+    coarse_stride: int = 4  # every 4th Gaussian, wider, in the multi-start stage
+    fine_stride: int = 1
+    refine_starts: int = 3  # the best coarse starts refined
+    identity_steps: int = 0  # then with the identity coefficients (templates that have them)
+    identity_prior: float = 1e-4  # weight of mean(coefficients^2) against the mask loss
+    lr: float = 0.03
+
+
+def cube_rotations() -> np.ndarray:
+    """The 24 rotations of the cube: signed permutation matrices with det +1. [24, 3, 3]"""
+    out = []
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product((1, -1), repeat=3):
+            m = np.zeros((3, 3))
+            m[range(3), perm] = signs
+            if np.linalg.det(m) > 0:
+                out.append(m)
+    return np.stack(out)
+
+
+def look_at_centre(world_to_cam) -> np.ndarray:
+    """The point closest (least squares) to every camera's optical axis. world_to_cam [V, 4, 4] -> [3]"""
+    w2c = np.asarray(world_to_cam, np.float64)
+    d = w2c[:, 2, :3]  # [V, 3] viewing directions (camera z in world)
+    centres = -np.einsum("vji,vj->vi", w2c[:, :3, :3], w2c[:, :3, 3])
+    P = np.eye(3) - d[:, :, None] * d[:, None, :]  # [V, 3, 3] projectors orthogonal to each axis
+    A = P.sum(0)
+    if np.linalg.cond(A) > 1e8:
+        raise InputError("alignment: the cameras' optical axes are (nearly) parallel; no look-at centre")
+    return np.linalg.solve(A, np.einsum("vij,vj->i", P, centres))
+
+
+def load_masks(capture, height: int):
+    """The capture's masks box-downsampled to `height` rows (width by the first camera's aspect) and K
+    scaled to match. -> masks [V, h, w] in [0, 1], K [V, 3, 3]"""
+    if capture.mask_files is None:
+        raise InputError(f"file {capture.path / 'masks'}, field folder: alignment --method masks needs the "
+                         "capture's masks (masks/<id>.png); use --method manual --pose otherwise")
+    first = capture.cameras[0]
+    h = min(int(height), first.height)
+    w = max(1, int(round(first.width * h / first.height)))
+    masks, Ks = [], []
+    for cam in capture.cameras:
+        path = capture.mask_files[cam.id]
+        im = Image.fromarray(decode_image(check_file_size(path).read_bytes(), "L", path))
+        masks.append(np.asarray(im.resize((w, h), Image.Resampling.BOX), np.float32) / 255.0)
+        Ks.append(np.diag([w / cam.width, h / cam.height, 1.0]) @ np.asarray(cam.K, np.float64))
+    return np.stack(masks), np.stack(Ks)
+
+
+def silhouette(gaussians, camera):
+    """The renderer's accumulated opacity 1 - prod(1 - alpha_i) at every pixel centre. [H, W]
+
+    Accumulated opacity does not depend on the depth order, so a silhouette needs no sorting or tiles:
+    the Gaussians are projected by `render.project` and evaluated densely with the compositor's alpha
+    rules (equal to `rasterize`'s alpha but for its early stop at transmittance 1e-4); at a few
+    thousand pixels this is cheaper than binning."""
+    from headsup_jax.render import project
+    from headsup_jax.render.composite import CompositingRules, gaussian_alpha
+
+    rules = CompositingRules()
+    proj = project(gaussians, camera, alpha_min=rules.min_alpha)
+    opacity = jnp.where(proj.visible, gaussians.opacities, 0.0)
+    H, W = camera.height, camera.width
+    py, px = (a.reshape(1, -1) + 0.5 for a in jnp.meshgrid(jnp.arange(H), jnp.arange(W), indexing="ij"))
+    rows = [proj.means2d[:, :1], proj.means2d[:, 1:], proj.conics[:, :1], proj.conics[:, 1:2], proj.conics[:, 2:],
+            opacity[:, None]]
+    alpha, _, _, _ = gaussian_alpha(rows, px, py, rules)  # [G, H * W]
+    return (1.0 - jnp.exp(jnp.sum(jnp.log1p(-alpha), 0))).reshape(H, W)
+
+
+def _rodrigues(w):
+    theta = jnp.sqrt(jnp.sum(w * w) + 1e-12)
+    k = jnp.array([[0, -w[2], w[1]], [w[2], 0, -w[0]], [-w[1], w[0], 0]]) / theta
+    return jnp.eye(3) + jnp.sin(theta) * k + (1 - jnp.cos(theta)) * k @ k
+
+
+def _similarity(params, r0):
+    """Parameters -> (scale, rotation [3, 3], translation [3]) of the normalised frame -> template."""
+    return (jnp.exp(params["log_scale"]), _rodrigues(params["rotvec"]) @ r0,
+            jnp.asarray(TARGET, jnp.float32) + _TRANSLATION_UNIT * params["translation"])
+
+
+class MaskFitter:
+    """Silhouette losses and their Adam loops for one capture's cameras (normalised frame)."""
+
+    def __init__(self, template, settings: MaskFitSettings):
+        from headsup_jax.geometry import build_atlas
+
+        self.template, self.settings = template, settings
+        self.atlas = build_atlas(template, settings.atlas_resolution)
+        self.vertices = jnp.asarray(template.vertices, jnp.float32)
+        self.deltas = None if template.identity_deltas is None else jnp.asarray(template.identity_deltas)
+
+    def _gaussians(self, identity):
+        from headsup_jax.geometry import anchor
+
+        v = self.vertices if identity is None else self.vertices + jnp.einsum("k,kvc->vc", identity, self.deltas)
+        return anchor(v, self.atlas)
+
+    def loss(self, params, r0, masks, K, w2c, identity=None, stride: int = 1):
+        """Mean squared alpha - mask over the views. masks [V, H, W], K [V, 3, 3], w2c [V, 4, 4]; `stride`:
+        every stride-th Gaussian only, its tangent scales x sqrt(stride) (a coarse, smoother silhouette)."""
+        from headsup_jax.render import Camera
+
+        s, R, t = _similarity(params, r0)
+        rc = w2c[:, :3, :3] @ R.T  # [V, 3, 3]
+        tc = s * w2c[:, :3, 3] - jnp.einsum("vij,j->vi", rc, t)
+        cams = jnp.zeros_like(w2c).at[:, :3, :3].set(rc).at[:, :3, 3].set(tc).at[:, 3, 3].set(1.0)
+        g = jax.tree.map(lambda a: a[::stride], self._gaussians(identity))
+        g = dataclasses.replace(g, scales=g.scales * jnp.array([np.sqrt(stride), np.sqrt(stride), 1.0]))
+        H, W = masks.shape[1:]
+        alpha = jax.vmap(lambda k, m: silhouette(g, Camera(world_to_cam=m, K=k, width=W, height=H)))(K, cams)
+        out = jnp.mean((alpha - masks) ** 2)
+        if identity is not None:
+            out = out + self.settings.identity_prior * jnp.mean(identity ** 2)
+        return out
+
+    def run(self, params, r0, masks, K, w2c, steps: int, with_identity: bool = False, stride: int = 1):
+        """Adam from `params` (and zero identity coefficients when `with_identity`) for `steps`; params
+        and r0 may carry a leading batch of starts. -> (params, identity or None, losses [steps(, S)])"""
+        batched = r0.ndim == 3
+        loss = functools.partial(self.loss, stride=stride)
+        loss = jax.vmap(loss, (0, 0, None, None, None)) if batched else loss
+        x = {"p": params, "id": jnp.zeros(self.deltas.shape[0]) if with_identity else None}
+        opt = optax.adam(self.settings.lr)
+
+        def objective(x):
+            values = loss(x["p"], r0, masks, K, w2c) if not with_identity else \
+                self.loss(x["p"], r0, masks, K, w2c, x["id"], stride)
+            return jnp.sum(values), values
+
+        def step(carry, _):
+            x, state = carry
+            (_, values), grad = jax.value_and_grad(objective, has_aux=True)(x)
+            updates, state = opt.update(grad, state)
+            return (optax.apply_updates(x, updates), state), values
+
+        (x, _), history = jax.jit(lambda x: jax.lax.scan(step, (x, opt.init(x)), None, length=steps))(x)
+        return x["p"], x["id"], history
+
+
+def _normalisation(world_to_cam):
+    """Similarity N of the capture world onto a rig of RIG_RADIUS around its look-at centre at the origin."""
+    from headsup_jax.data.align import Similarity
+
+    c = look_at_centre(world_to_cam)
+    centres = -np.einsum("vji,vj->vi", world_to_cam[:, :3, :3], world_to_cam[:, :3, 3])
+    radius = float(np.median(np.linalg.norm(centres - c, axis=1)))
+    s = RIG_RADIUS / radius
+    return Similarity(s, np.eye(3), -s * c), c, radius
+
+
+def fit_masks(capture, cameras, settings: MaskFitSettings):
+    """The capture-world -> template Similarity fitting the template to `capture`'s masks seen by
+    `cameras` (CameraSpecs of the capture's ids, the original poses). -> (Similarity, details)"""
+    from headsup_jax.data.align import Similarity, transform_camera
+    from headsup_jax.geometry import load_template
+
+    t0 = time.perf_counter()
+    w2c = np.stack([np.asarray(c.world_to_cam, np.float64) for c in cameras])
+    norm, centre, radius = _normalisation(w2c)
+    w2c_n = jnp.asarray(np.stack([transform_camera(m, norm) for m in w2c]), jnp.float32)
+    fitter = MaskFitter(load_template(settings.template), settings)
+    starts = jnp.asarray(cube_rotations(), jnp.float32)
+    S = starts.shape[0]
+    zeros = {"rotvec": jnp.zeros((S, 3)), "log_scale": jnp.zeros(S), "translation": jnp.zeros((S, 3))}
+    masks, K = (jnp.asarray(a, jnp.float32) for a in load_masks(capture, settings.coarse_height))
+    params, _, coarse = fitter.run(zeros, starts, masks, K, w2c_n, settings.coarse_steps, stride=settings.coarse_stride)
+    final = np.asarray(coarse[-1])
+    keep = np.argsort(final)[:settings.refine_starts]  # the front/back flip of a head often scores close
+    masks, K = (jnp.asarray(a, jnp.float32) for a in load_masks(capture, settings.fine_height))
+    refined = [fitter.run(jax.tree.map(lambda a: a[k], params), starts[k], masks, K, w2c_n, settings.fine_steps,
+                          stride=settings.fine_stride) for k in keep]
+    i = int(np.argmin([float(h[-1]) for _, _, h in refined]))
+    best, (params, _, history) = int(keep[i]), refined[i]
+    identity = None
+    if settings.identity_steps and fitter.deltas is not None:
+        params, identity, history = fitter.run(params, starts[best], masks, K, w2c_n, settings.identity_steps, True,
+                                               settings.fine_stride)
+    s, R, t = (np.asarray(a, np.float64) for a in _similarity(params, starts[best]))
+    sim = Similarity(float(s), R, t).compose(norm)
+    info = {"look_at_centre": centre.tolist(), "rig_radius": radius, "start": best,
+            "coarse_losses": [float(v) for v in final], "loss": float(history[-1]),
+            "identity": None if identity is None else np.asarray(identity).tolist(),
+            "seconds": time.perf_counter() - t0}
+    return sim, info

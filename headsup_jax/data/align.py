@@ -57,7 +57,8 @@ class Similarity:
         return m
 
     def to_json(self) -> dict:
-        return {"scale": float(self.scale), "rotation": self.rotation.tolist(), "translation": self.translation.tolist()}
+        return {"scale": float(self.scale), "rotation": self.rotation.tolist(),
+                "translation": self.translation.tolist()}
 
 
 def transform_camera(world_to_cam, sim: Similarity) -> np.ndarray:

@@ -1,0 +1,123 @@
+"""headsup data align: the similarity maths, the manual pose, reversibility and idempotence, the
+silhouette against the renderer, the rig's look-at centre."""
+import json
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from headsup_jax.data.align import (ALIGNMENT_FILE, Similarity, align_capture, quaternion_matrix, transform_camera,
+                                    undo_alignment)
+from headsup_jax.data.align_masks import look_at_centre, silhouette
+from headsup_jax.errors import InputError
+from headsup_jax.render import Camera, rasterize
+from headsup_jax.render.cameras import look_at
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from data_helpers import make_capture  # noqa: E402
+
+
+def _random_similarity(seed):
+    rng = np.random.default_rng(seed)
+    return Similarity(1000.0 * rng.uniform(0.5, 2), quaternion_matrix(rng.standard_normal(4)),
+                      rng.uniform(-2000, 2000, 3))
+
+
+def _cameras(folder):
+    cameras = json.loads((folder / "cameras.json").read_text())["cameras"]
+    return {c["id"]: np.asarray(c["world_to_cam"]) for c in cameras}
+
+
+def _project(w2c, K, x):
+    p = K @ (w2c[:3, :3] @ x + w2c[:3, 3])
+    return p[:2] / p[2]
+
+
+def test_transformed_cameras_see_the_same_pixels():
+    """A point x of the capture world and S(x) in the new frame project to the same pixel; the pose is rigid."""
+    sim = _random_similarity(0)
+    cam = look_at([300.0, 100.0, 900.0], 48, 64, 30.0, target=[10.0, -20.0, 5.0])
+    w2c, K = np.asarray(cam.world_to_cam, np.float64), np.asarray(cam.K, np.float64)
+    moved = transform_camera(w2c, sim)
+    np.testing.assert_allclose(moved[:3, :3] @ moved[:3, :3].T, np.eye(3), atol=1e-6)  # float32 look-at
+    for x in np.random.default_rng(1).uniform(-50, 50, (5, 3)) + [10.0, -20.0, 5.0]:
+        np.testing.assert_allclose(_project(moved, K, sim.apply(x)), _project(w2c, K, x), atol=1e-6)
+    back = transform_camera(moved, sim.inverse())
+    np.testing.assert_allclose(back, w2c, atol=1e-6)
+
+
+def test_manual_pose_rewrites_cameras_and_is_reversible_and_idempotent(tmp_path):
+    folder = tmp_path / "cap"
+    make_capture(folder, n=3)
+    before = (folder / "cameras.json").read_text()
+    original = _cameras(folder)
+    sim = _random_similarity(2)
+    q = np.array([0.3, -0.5, 0.1, 0.8])
+    pose = tmp_path / "pose.json"
+    pose.write_text(json.dumps({"scale": sim.scale, "rotation": (q / np.linalg.norm(q)).tolist(),
+                                "translation": sim.translation.tolist()}))
+    got, _ = align_capture(folder, "manual", pose)
+    np.testing.assert_allclose(got.rotation, quaternion_matrix(q), atol=1e-12)
+    aligned = _cameras(folder)
+    for cid, m in original.items():  # independent of transform_camera: the camera centre maps by S
+        centre = -m[:3, :3].T @ m[:3, 3]
+        new_centre = -aligned[cid][:3, :3].T @ aligned[cid][:3, 3]
+        np.testing.assert_allclose(new_centre, got.apply(centre), atol=1e-3)  # ~1e3 units, float32 poses
+    record = json.loads((folder / ALIGNMENT_FILE).read_text())
+    assert record["method"] == "manual" and record["world_to_template"]["scale"] == pytest.approx(sim.scale)
+    align_capture(folder, "manual", pose)  # again: from the originals, not composed
+    for cid, m in _cameras(folder).items():
+        np.testing.assert_allclose(m, aligned[cid], atol=1e-9)
+    assert undo_alignment(folder)
+    assert not (folder / ALIGNMENT_FILE).exists()
+    assert json.loads((folder / "cameras.json").read_text()) == json.loads(before)
+    assert not undo_alignment(folder)
+
+
+@pytest.mark.parametrize("pose, field", [
+    ({"scale": -1, "rotation": np.eye(3).tolist(), "translation": [0, 0, 0]}, "scale"),
+    ({"scale": 1, "rotation": [[1, 0, 0], [0, 1, 0], [0, 0, -1]], "translation": [0, 0, 0]}, "rotation"),
+    ({"scale": 1, "rotation": [0, 0, 0, 0], "translation": [0, 0, 0]}, "rotation"),
+    ({"scale": 1, "rotation": np.eye(3).tolist()}, "translation"),
+])
+def test_bad_pose_is_refused_by_field_and_nothing_is_written(tmp_path, pose, field):
+    folder = tmp_path / "cap"
+    make_capture(folder, n=2)
+    before = (folder / "cameras.json").read_text()
+    path = tmp_path / "pose.json"
+    path.write_text(json.dumps(pose))
+    with pytest.raises(InputError, match=f"pose.json, field {field}"):
+        align_capture(folder, "manual", path)
+    assert (folder / "cameras.json").read_text() == before and not (folder / ALIGNMENT_FILE).exists()
+
+
+def test_landmarks_and_missing_masks_are_refused(tmp_path):
+    folder = tmp_path / "cap"
+    make_capture(folder, n=2, masks=False)
+    with pytest.raises(InputError, match="landmarks is not available"):
+        align_capture(folder, "landmarks")
+    with pytest.raises(InputError, match="needs the capture's masks"):
+        align_capture(folder, "masks")
+
+
+def test_look_at_centre_is_the_point_the_cameras_aim_at():
+    target = np.array([120.0, -40.0, 700.0])
+    rng = np.random.default_rng(3)
+    w2c = np.stack([np.asarray(look_at(target + rng.normal(0, 1000, 3), 8, 8, target=target).world_to_cam, np.float64)
+                    for _ in range(6)])
+    np.testing.assert_allclose(look_at_centre(w2c), target, atol=1e-2)  # float32 look-at matrices
+
+
+def test_silhouette_equals_the_rasterizers_alpha():
+    from headsup_jax.geometry import anchor, build_atlas, load_template
+
+    t = load_template("procedural")
+    g = anchor(jnp.asarray(t.vertices), build_atlas(t, 32))
+    cam = look_at([0.3, 0.1, 0.9], 24, 32, 26.0, target=[0.0, -0.03, 0.0])
+    cam = Camera(world_to_cam=jnp.asarray(cam.world_to_cam), K=jnp.asarray(cam.K), width=24, height=32)
+    ref = jax.jit(lambda g: rasterize(g, cam, background=jnp.zeros(3)).alpha)(g)
+    assert float(ref.mean()) > 0.2
+    np.testing.assert_allclose(np.asarray(jax.jit(silhouette)(g, cam)), np.asarray(ref), atol=3e-3)

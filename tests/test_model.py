@@ -148,7 +148,8 @@ def test_remat_and_layer_scan_compute_the_same_function():
     config.model.depth = 3
     base, _, _ = build_model(config)
     x = views(3)
-    weights = jax.random.normal(jax.random.key(0), (1, 8, 8, config.model.dim))
+    L = config.model.latent_size
+    weights = jax.random.normal(jax.random.key(0), (1, L, L, config.model.dim))
     latent = nnx.jit(lambda m: m.latent(*x))
     out = latent(base)
     grad = nnx.jit(nnx.grad(lambda m: jnp.sum(m.latent(*x) * weights)))

@@ -121,3 +121,30 @@ def test_silhouette_equals_the_rasterizers_alpha():
     ref = jax.jit(lambda g: rasterize(g, cam, background=jnp.zeros(3)).alpha)(g)
     assert float(ref.mean()) > 0.2
     np.testing.assert_allclose(np.asarray(jax.jit(silhouette)(g, cam)), np.asarray(ref), atol=3e-3)
+
+
+def test_masks_recover_a_large_similarity_in_millimetres(tmp_path):
+    """The template's own head (synth at 64 px, frontal16) moved by 130 degrees, 1.5 m, into millimetres:
+    aligning by masks recovers the inverse within 5 degrees, 10 mm at the head and 3 % scale (the issue
+    asks 2 degrees, 5 mm, 1 %: not met yet, see benchmarks/align.py)."""
+    from headsup_jax.data.align import rotation_angle_degrees
+    from headsup_jax.data.synth import Generator, SynthConfig
+
+    gen = Generator(SynthConfig(resolution=64, seed=0))
+    gen.identity = lambda index: None  # the template's shape: the true alignment is exactly the synth frame
+    gen.subject(0, tmp_path)
+    folder = tmp_path / "synth_000000"
+    axis = np.array([0.3, -0.8, 0.5]) / np.linalg.norm([0.3, -0.8, 0.5])
+    half = np.radians(130.0) / 2
+    rotation = quaternion_matrix([np.cos(half), *(np.sin(half) * axis)])
+    move = Similarity(1000.0, rotation, np.array([900.0, -1200.0, 400.0]))
+    path = folder / "cameras.json"
+    obj = json.loads(path.read_text())
+    for c in obj["cameras"]:
+        c["world_to_cam"] = transform_camera(c["world_to_cam"], move).tolist()
+    path.write_text(json.dumps(obj))
+    got, _ = align_capture(folder, "masks")
+    err = got.compose(move)  # template -> template: the identity when exact
+    assert rotation_angle_degrees(err.rotation) < 5.0
+    assert np.linalg.norm(err.translation) < 0.010
+    assert abs(err.scale - 1) < 0.03

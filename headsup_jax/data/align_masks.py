@@ -9,8 +9,9 @@ difference of the rendered alpha and the mask. Nothing assumes the head is near 
    distance RIG_RADIUS);
 2. coarse: Adam on (rotation vector, log-scale, translation) from each of the 24 rotations of the
    cube (spread over SO(3), at most 62.8 degrees from any rotation) at once, masks at `coarse_height` px;
-3. fine: the best start alone, masks at `fine_height` px; then optionally the template's identity
-   coefficients too (N(0, 1) prior), which lets the silhouette follow the subject's head shape.
+3. fine: the `refine_starts` best starts (a head turned front-to-back has a similar coarse silhouette
+   from a frontal rig), masks at `fine_height` px, Gaussians set `inset` inward; the lowest loss wins;
+   then optionally the template's identity coefficients too (N(0, 1) prior).
 """
 from __future__ import annotations
 
@@ -41,10 +42,11 @@ class MaskFitSettings:
     coarse_height: int = 16  # mask height (px) of the multi-start stage
     fine_height: int = 32  # of the refinement (at most the captured height)
     coarse_steps: int = 15
-    fine_steps: int = 60
+    fine_steps: int = 40
     coarse_stride: int = 4  # every 4th Gaussian, wider, in the multi-start stage
     fine_stride: int = 1
-    refine_starts: int = 3  # the best coarse starts refined
+    refine_starts: int = 2  # the best coarse starts refined
+    inset: float = 3.0  # tangent standard deviations (set for 32 px masks of a head filling most of the image)
     identity_steps: int = 0  # then with the identity coefficients (templates that have them)
     identity_prior: float = 1e-4  # weight of mean(coefficients^2) against the mask loss
     lr: float = 0.03
@@ -136,23 +138,31 @@ class MaskFitter:
         self.vertices = jnp.asarray(template.vertices, jnp.float32)
         self.deltas = None if template.identity_deltas is None else jnp.asarray(template.identity_deltas)
 
-    def _gaussians(self, identity):
+    def _gaussians(self, identity, stride: int):
+        """Every stride-th anchored Gaussian, its tangent scales x sqrt(stride), moved inward along the normal
+        by `inset` tangent standard deviations: splats centred on the surface reach past the mesh's outline
+        (most at the grazing rim, where they pile up), so the silhouette would come out too large."""
         from headsup_jax.geometry import anchor
+        from headsup_jax.geometry.anchor import TANGENT_SCALE, surface_frames
 
         v = self.vertices if identity is None else self.vertices + jnp.einsum("k,kvc->vc", identity, self.deltas)
-        return anchor(v, self.atlas)
+        widen = np.sqrt(stride)
+        _, _, footprint = surface_frames(v, self.atlas)
+        inset = self.settings.inset * widen * TANGENT_SCALE * jnp.mean(footprint, -1)  # [G] metres
+        g = anchor(v, self.atlas, offsets=jnp.zeros((self.atlas.count, 3)).at[:, 2].set(-inset))
+        g = jax.tree.map(lambda a: a[::stride], g)
+        return dataclasses.replace(g, scales=g.scales * jnp.array([widen, widen, 1.0]))
 
     def loss(self, params, r0, masks, K, w2c, identity=None, stride: int = 1):
         """Mean squared alpha - mask over the views. masks [V, H, W], K [V, 3, 3], w2c [V, 4, 4]; `stride`:
-        every stride-th Gaussian only, its tangent scales x sqrt(stride) (a coarse, smoother silhouette)."""
+        every stride-th Gaussian only, wider (a coarse, smoother silhouette)."""
         from headsup_jax.render import Camera
 
         s, R, t = _similarity(params, r0)
         rc = w2c[:, :3, :3] @ R.T  # [V, 3, 3]
         tc = s * w2c[:, :3, 3] - jnp.einsum("vij,j->vi", rc, t)
         cams = jnp.zeros_like(w2c).at[:, :3, :3].set(rc).at[:, :3, 3].set(tc).at[:, 3, 3].set(1.0)
-        g = jax.tree.map(lambda a: a[::stride], self._gaussians(identity))
-        g = dataclasses.replace(g, scales=g.scales * jnp.array([np.sqrt(stride), np.sqrt(stride), 1.0]))
+        g = self._gaussians(identity, stride)
         H, W = masks.shape[1:]
         alpha = jax.vmap(lambda k, m: silhouette(g, Camera(world_to_cam=m, K=k, width=W, height=H)))(K, cams)
         out = jnp.mean((alpha - masks) ** 2)

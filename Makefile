@@ -19,7 +19,7 @@ DEMO_STEPS ?= 500
 demo: $(STAMP)
 	$(BIN)/headsup render demo --out outputs/render_demo.png
 	$(BIN)/headsup train --config configs/headsup.py:tiny --workdir outputs/demo --config.optim.total_steps=$(DEMO_STEPS)
-	$(BIN)/headsup eval --workdir outputs/demo --split test --subjects 12 --targets 4
+	$(BIN)/headsup eval --workdir outputs/demo --split test --subjects 64 --targets 4
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 tests

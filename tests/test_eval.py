@@ -149,7 +149,7 @@ def test_eval_on_data_the_run_was_not_trained_on(tmp_path_factory, tmp_path):
     from headsup_jax.train.experiment import build_experiment
 
     experiment = build_experiment(config, workdir)
-    colour = mean_head_colour(next(eval_batches(config, eval_source(config, workdir, "train")[0], 64, 4, batch_size=64)))
+    colour = mean_head_colour(next(eval_batches(config, eval_source(config, workdir, "train")[0], 64, 2, batch_size=64)))
     source, _ = eval_source(config, workdir, "test", tmp_path / "other")
     want = template_baseline(experiment, next(eval_batches(config, source, 3, 2, batch_size=3)), colour)
     got = on_captures["reference"]["template_mean_colour"]

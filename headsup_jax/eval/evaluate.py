@@ -66,14 +66,14 @@ def image_grid(renders: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return (np.clip(grid, 0, 1) * 255).astype(np.uint8)
 
 
-def _template_reference(experiment, workdir, batches) -> dict:
-    """Mean metrics of the template painted in the mean head colour of the run's training data (64
-    subjects), on the same views: the reference point every score is read against."""
+def _template_reference(experiment, workdir, batches, num_targets: int) -> dict:
+    """Mean metrics of the template painted in the mean head colour of the run's training data (the
+    target views of 64 subjects), on the same views: the reference point every score is read against."""
     from headsup_jax.eval.references import mean_head_colour, template_baseline
 
     config = experiment.config
     train, _ = eval_source(config, workdir, "train")
-    colour = mean_head_colour(next(eval_batches(config, train, 64, 4, batch_size=64)))
+    colour = mean_head_colour(next(eval_batches(config, train, 64, num_targets, batch_size=64)))
     metrics = [template_baseline(experiment, b, colour) for b in batches]
     return {k: float(np.mean(np.concatenate([m[k] for m in metrics]))) for k in metrics[0]}
 
@@ -104,7 +104,7 @@ def evaluate(config, workdir, split: str = "test", num_subjects: int = 16, num_t
     summary = {"step": step, "data": str(data or "run dataset"), "split": split, "views": config.data.num_inputs,
                "subjects": int(result["renders"].shape[0]), "targets_per_subject": num_targets,
                **{k: float(np.mean(v)) for k, v in result["metrics"].items()},
-               "reference": {"template_mean_colour": _template_reference(experiment, workdir, batches)},
+               "reference": {"template_mean_colour": _template_reference(experiment, workdir, batches, num_targets)},
                "per_subject": {k: np.mean(v, axis=1).tolist() for k, v in result["metrics"].items()}}
     if jax.process_index() == 0:
         write_bytes_atomic(workdir / f"eval_{name}.json", json.dumps(summary, indent=2).encode())

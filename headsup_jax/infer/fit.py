@@ -18,7 +18,7 @@ import numpy as np
 
 from headsup_jax.data.capture import Capture, load_capture
 from headsup_jax.eval.fit import FitSettings, SubjectFitter
-from headsup_jax.infer.reconstruct import forward, load_views, pick_views
+from headsup_jax.infer.reconstruct import forward, load_views, pick_views, stack_views
 from headsup_jax.render.types import Gaussians
 
 DEFAULT_STEPS = {"template": 600, "model": 100}  # from scratch; refining a feed-forward prediction
@@ -50,9 +50,7 @@ def fit_capture(capture, *, trained=None, config=None, views=None, num_views: in
     else:
         template, atlas = template_and_atlas(config)
         inputs = load_views(capture, indices, height or 64)
-    images = np.stack([v.image for v in inputs])  # [V, H, W, 3]
-    K = np.stack([np.asarray(v.camera.K) for v in inputs])  # [V, 3, 3]
-    w2c = np.stack([np.asarray(v.camera.world_to_cam) for v in inputs])  # [V, 4, 4]
+    images, K, w2c = stack_views(inputs)  # [V, H, W, 3], [V, 3, 3], [V, 4, 4]
     has_masks = inputs[0].mask is not None
     masks = np.stack([v.mask for v in inputs]) if has_masks else np.ones(images.shape[:3], np.float32)
     config = config.copy_and_resolve_references()

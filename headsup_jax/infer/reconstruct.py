@@ -96,6 +96,12 @@ def load_views(capture: Capture, indices, height: int | None = None, width: int 
     return out
 
 
+def stack_views(views: list[View]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images [N, H, W, 3], K [N, 3, 3] and world_to_cam [N, 4, 4] of loaded views."""
+    return (np.stack([v.image for v in views]), np.stack([np.asarray(v.camera.K) for v in views]),
+            np.stack([np.asarray(v.camera.world_to_cam) for v in views]))
+
+
 def forward(model, with_aux: bool = False):
     """The model's forward pass, jitted: ([B,N,H,W,3], [B,N,3,3], [B,N,4,4]) -> Gaussians [B, G (+ G_bg)]
     (and, `with_aux`, the model's aux dict: its raw "uv_map" [B, R, R, A], ...)."""
@@ -113,9 +119,7 @@ def reconstruct(trained, capture, views=None, num_views: int | None = None) -> R
     indices = pick_views(capture, views, num_views)
     H, W = trained.image_size
     inputs = load_views(capture, indices, H, W)
-    images = np.stack([v.image for v in inputs])[None]  # [1, N, H, W, 3]
-    K = np.stack([np.asarray(v.camera.K) for v in inputs])[None]  # [1, N, 3, 3]
-    w2c = np.stack([np.asarray(v.camera.world_to_cam) for v in inputs])[None]  # [1, N, 4, 4]
+    images, K, w2c = (x[None] for x in stack_views(inputs))  # [1, N, ...]
     run = forward(trained.model)
     start = time.perf_counter()
     jax.block_until_ready(run(images, K, w2c))

@@ -1,5 +1,6 @@
 """Train-step benchmark: step time and compiled memory vs input views and image size, the share of each stage,
-and the xl config's per-device memory with FSDP on 8 devices plus projected accelerator step times.
+and the xl config's per-device memory with FSDP on 8 devices plus projected accelerator step times (the memory
+plan of `headsup plan-memory`, headsup_jax/scaling/memory_plan.py).
 
     .venv/bin/python benchmarks/train_step.py [--quick] [--skip-xl] [--runs 5]
 
@@ -13,24 +14,14 @@ CPU. Memory: temp + argument + output - alias bytes of the compiled program (`me
 from __future__ import annotations
 
 import argparse
-import ast
-import json
 import os
 import statistics
-import subprocess
-import sys
 import time
-import types
 
 XL_DEVICES = 8
 PAPER_BATCH = 64  # stage 1 of the paper
-PEAK_TFLOPS = {"TPU v5p (459 TFLOP/s bf16)": 459.0, "H100 SXM (989 TFLOP/s dense bf16)": 989.0}
 MFU = 0.4
 TARGET_RATIO = 1.6  # step time at 16 views / at 8 views
-# Compositing FLOPs per evaluated (pixel, list entry) pair, counted by hand from render/composite.py:
-# forward (gaussian_alpha, transmittance, 4-channel accumulation) about 30; backward (alpha recomputed,
-# d_alpha, alpha_grads, 4-channel sums) about 70.
-PAIR_FLOPS_FWD, PAIR_FLOPS_BWD = 30, 70
 
 
 def log(msg: str = "") -> None:
@@ -43,13 +34,6 @@ def get_config(size: str):
     config = size_config(size)
     config.template = "procedural"  # always available; G follows the atlas
     return config
-
-
-def memory_fields(compiled) -> dict:
-    m = compiled.memory_analysis()
-    out = {k: int(getattr(m, f"{k}_size_in_bytes")) for k in ("temp", "argument", "output", "alias")}
-    out["total"] = out["temp"] + out["argument"] + out["output"] - out["alias"]
-    return out
 
 
 def mib(x: float) -> str:
@@ -100,6 +84,7 @@ def time_step(experiment, batch_np, runs: int) -> dict:
     import jax
     import jax.numpy as jnp
 
+    from headsup_jax.scaling.memory_plan import memory_fields
     from headsup_jax.train.sharding import global_batch
     from headsup_jax.train.step import TrainStep
 
@@ -300,166 +285,23 @@ def stages_table(label: str, exp, views: int, runs: int, full_ms: float | None =
 
 
 # ----------------------------------------------------------------------------------------------------
-# xl on 8 fake devices (run in a subprocess).
-
-
-def xl_worker(args) -> None:
-    """Compiles the xl train step on 8 CPU devices with FSDP from abstract inputs; prints one JSON line."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from flax import nnx
-
-    from headsup_jax.geometry import build_atlas, load_template
-    from headsup_jax.model.headsup import HeadsUp
-    from headsup_jax.render import Camera, rasterize
-    from headsup_jax.render.cameras import orbit
-    from headsup_jax.train.optim import make_optimizer
-    from headsup_jax.train.experiment import build_supervision
-    from headsup_jax.train.sharding import batch_sharding, make_mesh, state_shardings
-    from headsup_jax.train.step import TrainStep
-
-    result = {"devices": len(jax.devices())}
-    config = get_config("xl")
-    config.update_from_flattened_dict({k: ast.literal_eval(v) for k, v in (kv.split("=", 1) for kv in args.xl_set)})
-    data, fsdp = (int(v) for v in args.xl_mesh.split("x"))
-    config.mesh = dict(data=data, fsdp=fsdp, tensor=1)
-    config.data.batch_size = args.xl_batch
-    H, W = config.data.image_size
-    N, M, B = config.data.num_inputs, config.data.num_targets, config.data.batch_size
-    template = load_template("procedural")
-    atlas = build_atlas(template, config.atlas_resolution)
-    tx = make_optimizer(config.optim)
-    result.update(G=atlas.count, image=[H, W], N=N, M=M, B=B, mesh=dict(data=data, fsdp=fsdp, tensor=1))
-
-    def create(cfg):
-        model = HeadsUp(cfg, template.vertices, atlas, rngs=nnx.Rngs(cfg.seed))
-        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-    mesh = make_mesh(**config.mesh)
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: create(config)))
-    shardings = state_shardings(abstract, mesh, config.sharding_rules)
-    abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
-                                  shardings)
-    params = nnx.state(nnx.merge(graphdef, abstract)[0], nnx.Param)
-    result["params"] = int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
-    shapes = {"inputs": ((B, N, H, W, 3), jnp.float32), "targets": ((B, M, H, W, 3), jnp.float32),
-              "target_masks": ((B, M, H, W), jnp.bool_)}
-    cams = lambda n: {"K": ((B, n, 3, 3), jnp.float32), "world_to_cam": ((B, n, 4, 4), jnp.float32)}
-    shapes.update(input_cameras=cams(N), target_cameras=cams(M))
-    abstract_batch = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s[0], s[1], sharding=batch_sharding(mesh, len(s[0]))),
-                                  shapes, is_leaf=lambda x: isinstance(x, tuple) and isinstance(x[0], tuple))
-    supervision = build_supervision(config, template, atlas)
-    experiment = types.SimpleNamespace(config=config, graphdef=graphdef, mesh=mesh, shardings=shardings,
-                                       supervision=supervision)
-    t0 = time.perf_counter()
-    lowered = TrainStep(experiment).lower(abstract_state, abstract_batch)
-    result["lower_s"] = time.perf_counter() - t0
-    print("XLPROGRESS lowered in %.0f s" % result["lower_s"], flush=True)
-    t0 = time.perf_counter()
-    compiled = lowered.compile()
-    result["compile_s"] = time.perf_counter() - t0
-    result["memory"] = memory_fields(compiled)
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    result["compiled_flops_per_device"] = float(cost.get("flops", 0.0))
-    print("XLPROGRESS compiled in %.0f s; memory %s; compiled flops per device %.3g" % (
-        result["compile_s"], result["memory"], result["compiled_flops_per_device"]), flush=True)
-
-    # Model FLOPs per example: the same train step for one example on one device, layers unrolled and no
-    # remat (cost analysis counts a loop body once; remat recomputation is not model FLOPs), from the
-    # lowered HLO. The renderer's compositing loops are still counted once here: estimated below.
-    flat = config.copy_and_resolve_references()
-    flat.model.scan_layers, flat.model.remat = False, False
-    flat.mesh = dict(data=1, fsdp=1, tensor=1)
-    one = jax.devices()[:1]
-    mesh1 = make_mesh(**flat.mesh, devices=one)
-    gd1, abs1 = nnx.split(nnx.eval_shape(lambda: create(flat)))
-    sh1 = state_shardings(abs1, mesh1, flat.sharding_rules)
-    abs1 = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abs1, sh1)
-    batch1 = jax.tree.map(lambda s: jax.ShapeDtypeStruct((1,) + s[0][1:], s[1], sharding=batch_sharding(mesh1, len(s[0]))),
-                          shapes, is_leaf=lambda x: isinstance(x, tuple) and isinstance(x[0], tuple))
-    exp1 = types.SimpleNamespace(config=flat, graphdef=gd1, mesh=mesh1, shardings=sh1, supervision=supervision)
-    t0 = time.perf_counter()
-    low1 = TrainStep(exp1).lower(abs1, batch1)
-    cost1 = low1.cost_analysis()
-    cost1 = cost1[0] if isinstance(cost1, (list, tuple)) else cost1
-    result["model_flops_per_example"] = float(cost1["flops"])
-    print("XLPROGRESS unrolled one-example step lowered in %.0f s: %.3g FLOPs" % (
-        time.perf_counter() - t0, result["model_flops_per_example"]), flush=True)
-
-    # Renderer: (tile, Gaussian) pairs of the initial Gaussians (zero raw predictions) in the M target views,
-    # from the renderer's own counters (forward only, one view at a time).
-    self_ = types.SimpleNamespace(atlas=atlas, template_vertices=jnp.asarray(template.vertices, jnp.float32),
-                                  offset_scale=config.model.offset_scale)
-    uv = jnp.zeros((1, atlas.resolution, atlas.resolution, 23), jnp.float32)
-    gaussians = jax.tree.map(lambda x: x[0], HeadsUp.head_gaussians(self_, uv)[0])
-    capacity = dict(tile_capacity=config.render.tile_capacity or None, max_pairs=config.render.max_pairs or None)
-    stats_fn = jax.jit(lambda g, K, w2c: rasterize(g, Camera(world_to_cam=w2c, K=K, width=W, height=H),
-                                                   backend="xla", **capacity).stats)
-    pairs, dropped = [], []
-    for cam in orbit(M, 0.7, W, H, 30.0, elevation_degrees=-5.0):
-        s = stats_fn(gaussians, jnp.asarray(cam.K), jnp.asarray(cam.world_to_cam))
-        pairs.append(int(s["total_pairs"]))
-        dropped.append(int(s["dropped_pairs"]))
-    result.update(render_pairs=pairs, render_dropped=dropped, tiles=-(-H // 16) * -(-W // 16))
-    print(json.dumps({"XLRESULT": result}), flush=True)
+# xl on 8 fake devices: the memory plan of `headsup plan-memory` (a subprocess with 8 fake CPU devices).
 
 
 def xl_section(args) -> str:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={XL_DEVICES}")
-    cmd = [sys.executable, __file__, "--xl-worker", "--xl-batch", str(args.xl_batch), "--xl-mesh", args.xl_mesh,
-           *[f"--xl-set={kv}" for kv in args.xl_set]]
-    log(f"\n## xl on {XL_DEVICES} fake CPU devices, mesh data x fsdp = {args.xl_mesh}, batch {args.xl_batch} "
-        f"(subprocess: {' '.join(cmd[1:])})")
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    result, tail = None, []
-    for line in proc.stdout:
-        if line.startswith("{") and "XLRESULT" in line:
-            result = json.loads(line)["XLRESULT"]
-        elif line.startswith("XLPROGRESS"):
-            log(f"  {line[11:].strip()} ({time.perf_counter() - t0:.0f} s)")
-        else:
-            tail = (tail + [line.rstrip()])[-20:]
-    proc.wait()
-    if result is None:
-        log("  xl worker failed:\n" + "\n".join(tail))
-        return f"xl: the worker failed (exit code {proc.returncode}); last output:\n\n```\n" + "\n".join(tail) + "\n```"
-    r = result
-    mem = r["memory"]
-    H, W = r["image"]
-    model_fl = r["model_flops_per_example"]
-    pairs = sum(r["render_pairs"])  # over the M target views of one example
-    render_fl = pairs * 256 * (PAIR_FLOPS_FWD + PAIR_FLOPS_BWD)
-    per_example = model_fl + render_fl
-    lines = [
-        f"| xl ({r['params'] / 1e6:.1f} M params, G = {r['G']}, {H}x{W}, N={r['N']}, M={r['M']}, bf16, remat + scan) "
-        f"| value |", "|---|---:|",
-        f"| mesh (data x fsdp x tensor), devices | {r['mesh']['data']} x {r['mesh']['fsdp']} x 1, {r['devices']} |",
-        f"| global batch compiled (per device) | {r['B']} ({r['B'] // r['devices']}) |",
-        f"| per-device memory: temp + argument + output - alias | {mib(mem['total'])} MiB |",
-        f"| ... temp / argument / output / alias | {mib(mem['temp'])} / {mib(mem['argument'])} / "
-        f"{mib(mem['output'])} / {mib(mem['alias'])} MiB |",
-        f"| compile time on this CPU (lower + compile) | {r['lower_s'] + r['compile_s']:.0f} s |",
-        f"| compiled FLOPs per device (cost_analysis; loop bodies counted once) | "
-        f"{r['compiled_flops_per_device'] / 1e12:.2f} TFLOP |",
-        f"| model FLOPs per example (fwd+bwd+update, unrolled, no remat, lowered HLO) | {model_fl / 1e12:.2f} TFLOP |",
-        f"| renderer pairs per example ({r['M']} views; dropped at config.render capacities) | {pairs:,} "
-        f"({sum(r['render_dropped']):,}) |",
-        f"| renderer FLOPs per example (pairs x 256 px x {PAIR_FLOPS_FWD + PAIR_FLOPS_BWD}) | "
-        f"{render_fl / 1e12:.2f} TFLOP |",
-        f"| total FLOPs per example / per batch of {PAPER_BATCH} | {per_example / 1e12:.2f} / "
-        f"{PAPER_BATCH * per_example / 1e12:.1f} TFLOP |",
-    ]
-    proj = [f"| accelerator, {int(MFU * 100)}% MFU, batch {PAPER_BATCH} | chips | step time (s) | "
-            f"of which renderer (s) | steps/day |", "|---|---:|---:|---:|---:|"]
-    for name, tflops in PEAK_TFLOPS.items():
-        for chips in (1, XL_DEVICES, PAPER_BATCH):
-            t = PAPER_BATCH * per_example / (chips * tflops * 1e12 * MFU)
-            tr = PAPER_BATCH * render_fl / (chips * tflops * 1e12 * MFU)
-            proj.append(f"| {name} | {chips} | {t:.2f} | {tr:.2f} | {86400 / t:,.0f} |")
-    table = "\n".join(lines) + "\n\n" + "\n".join(proj)
+    from headsup_jax.scaling.memory_plan import PlanError, format_plan, plan_memory
+    from headsup_jax.train.config import CONFIG_FILE
+
+    mesh = f"{args.xl_mesh}x1"
+    log(f"\n## xl on {XL_DEVICES} fake CPU devices, mesh data x fsdp x tensor = {mesh}, batch {args.xl_batch} "
+        f"(headsup_jax.scaling.memory_plan)")
+    try:
+        plan = plan_memory(f"{CONFIG_FILE}:xl", XL_DEVICES, mesh, args.xl_batch, ["template=procedural", *args.xl_set],
+                           progress=lambda message, seconds: log(f"  {message} ({seconds:.0f} s)"))
+    except PlanError as e:
+        log(f"  {e}")
+        return f"xl: the memory plan failed:\n\n```\n{e}\n```"
+    table = format_plan(plan, MFU, chips=(1, XL_DEVICES, PAPER_BATCH), batch=PAPER_BATCH)
     log("\n" + table)
     return table
 
@@ -481,10 +323,7 @@ def main() -> None:
     parser.add_argument("--xl-mesh", default="1x8", help="data x fsdp of the xl mesh (tensor = 1)")
     parser.add_argument("--xl-set", action="append", default=[], metavar="KEY=VALUE",
                         help="override an xl config value, e.g. render.tile_capacity=2048 (repeatable)")
-    parser.add_argument("--xl-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.xl_worker:
-        return xl_worker(args)
 
     import jax
 

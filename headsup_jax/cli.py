@@ -30,6 +30,8 @@ COMMANDS = {
     "fit": ("headsup_jax.infer.cli:add_fit",
             "fit a capture's head by per-subject optimisation, from the template or a trained model (--init)"),
     "view": ("headsup_jax.infer.cli:add_view", "look at a .ply/.splat head in the browser (viser, localhost)"),
+    "plan-memory": ("headsup_jax.scaling.memory_cli:add_plan_memory",
+                    "per-device memory, FLOPs and step time of a config's train step on D devices, before launching"),
 }
 # commands with absl flags of their own (`headsup train --config=... --config.x=y`): module exposing main(argv)
 ABSL_COMMANDS = {

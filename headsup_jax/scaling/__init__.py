@@ -1,0 +1,1 @@
+"""Scaling studies: sweeps, result collection, power-law fits, plots, memory plans."""

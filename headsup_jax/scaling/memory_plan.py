@@ -233,7 +233,9 @@ def compile_plan(config) -> dict:
     from headsup_jax.train.optim import make_optimizer
     from headsup_jax.train.sharding import make_mesh
     from headsup_jax.train.step import TrainStep
+    from headsup_jax.train.workdir import resolve_template
 
+    config = resolve_template(config)  # "auto" -> what this machine loads
     B = config.data.batch_size
     mesh = make_mesh(**config.mesh)
     template, atlas = template_and_atlas(config)
@@ -242,7 +244,7 @@ def compile_plan(config) -> dict:
     model = nnx.merge(experiment.graphdef, state)[0]
     params, buffers = nnx.state(model, nnx.Param), nnx.state(model, nnx.Not(nnx.Param))
     result = {
-        "size": config.get("size", ""), "devices": len(jax.devices()), "mesh": dict(config.mesh), "B": B,
+        "size": config.get("size", ""), "template": config.template, "devices": len(jax.devices()), "mesh": dict(config.mesh), "B": B,
         "G": atlas.count, "image": list(config.data.image_size), "N": config.data.num_inputs,
         "M": config.data.num_targets, "compute_dtype": config.compute_dtype,
         "remat": bool(config.model.remat), "scan_layers": bool(config.model.scan_layers),
@@ -309,7 +311,7 @@ def format_plan(plan: dict, mfu: float = DEFAULT_MFU, chips=None, batch: int | N
     layers = " + ".join(k for k in ("remat", "scan_layers") if r[k]) or "no remat, no scan"
     rm = r["render_memory"]
     lines = [
-        f"| {r['spec']} ({r['params'] / 1e6:.1f} M params, G = {r['G']:,}, {H}x{W}, N={r['N']}, M={r['M']}, "
+        f"| {r['spec']} ({r['params'] / 1e6:.1f} M params, {r['template']} template, G = {r['G']:,}, {H}x{W}, N={r['N']}, M={r['M']}, "
         f"{r['compute_dtype']}, {layers}) | per device |", "|---|---:|",
         f"| mesh data x fsdp x tensor, devices | {m['data']} x {m['fsdp']} x {m['tensor']}, {r['devices']} |",
         f"| global batch (per device) | {r['B']} ({per_device}) |",

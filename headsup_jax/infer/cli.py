@@ -1,5 +1,6 @@
-"""`headsup reconstruct`, `headsup render views|compare` (beside the renderer's `demo`) and `headsup view`:
-using a trained model and the files of Gaussians it writes. One `add_*` function per command."""
+"""`headsup reconstruct`, `headsup fit`, `headsup animate`, `headsup render views|compare` (beside the
+renderer's `demo`) and `headsup view`: using a trained model and the files of Gaussians it writes. One
+`add_*` function per command."""
 from __future__ import annotations
 
 
@@ -83,6 +84,96 @@ def run_fit(args) -> None:
     print(f"wrote {args.out}: {result.head.count} Gaussians fitted to {len(result.input_ids)} views of "
           f"{capture.subject!r} from the {result.start}; loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f} "
           f"in {len(result.losses)} steps ({result.seconds:.1f} s)")
+
+
+def add_animate(parser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--capture", help="a neutral capture folder, reconstructed with --workdir's model")
+    source.add_argument("--head", help="head.ply written by headsup reconstruct or fit (head Gaussians in atlas "
+                        "order); its template and atlas come from --workdir or --config")
+    parser.add_argument("--workdir", help="the training run's folder (local or gs://)")
+    parser.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+    parser.add_argument("--config", help="with --head and no --workdir: the config whose template and atlas the "
+                        "head was fitted on (headsup fit --config)")
+    _views_options(parser)
+    parser.add_argument("--blendshapes", required=True, help="anim.json (a list of {name: weight} per frame) or "
+                        "anim.csv (a header of names, e.g. a Live Link Face export)")
+    parser.add_argument("--method", default="rig", choices=["rig", "latent"],
+                        help="rig: the Gaussians ride the template deformed by the blendshapes; latent: the "
+                        "paper's latent expression model")
+    parser.add_argument("--cameras", default="frontal16", choices=["frontal16", "turntable"],
+                        help="frontal16: its most frontal camera, fixed; turntable: one orbit over the frames")
+    parser.add_argument("--resolution", type=int, default=256, help="image height in pixels")
+    parser.add_argument("--out", required=True, help="anim.mp4")
+    parser.add_argument("--ply-sequence", metavar="DIR", help="also write one PLY per frame, DIR/frame_00000.ply, ...")
+    parser.add_argument("--fps", type=int, default=30, help="video frames per second")
+    parser.add_argument("--background", default="1,1,1", help="background colour R,G,B in [0, 1]")
+    parser.add_argument("--backend", default="auto", choices=["auto", "xla", "pallas"], help="rasteriser backend")
+    parser.set_defaults(run=run_animate)
+
+
+def _animation_head(args):
+    """The neutral head of --capture (reconstructed by --workdir's model) or --head (a file)."""
+    from headsup_jax.errors import InputError
+    from headsup_jax.infer.animate import neutral_head
+
+    if args.capture is not None:
+        if args.workdir is None or args.config is not None:
+            raise InputError("--capture needs --workdir (the model that reconstructs it), not --config")
+        from headsup_jax.infer.reconstruct import reconstruct
+        from headsup_jax.infer.trained import load_trained
+
+        capture, views = _capture_and_views(args)
+        trained = load_trained(args.workdir, args.step)
+        result = reconstruct(trained, capture, views, args.num_views)
+        print(f"reconstructed {result.capture.subject!r} from {len(result.input_ids)} views, step {trained.step}")
+        return neutral_head(trained.template, trained.atlas, result.head, f"the reconstruction of {args.capture}")
+    if (args.workdir is None) == (args.config is None):
+        raise InputError("--head needs exactly one of --workdir (the run that reconstructed it) or --config "
+                         "(the config it was fitted on): they give its template and atlas")
+    if not args.head.lower().endswith(".ply"):
+        raise InputError(f"--head {args.head}: only .ply heads can be animated (.splat files sort the Gaussians, "
+                         "losing their atlas order)")
+    from headsup_jax.export.ply import load_ply
+
+    gaussians = load_ply(args.head)
+    if args.workdir is not None:
+        from headsup_jax.infer.trained import load_trained
+
+        trained = load_trained(args.workdir, args.step)
+        template, atlas = trained.template, trained.atlas
+    else:
+        from headsup_jax.train.config import load_config
+        from headsup_jax.train.experiment import template_and_atlas
+        from headsup_jax.train.workdir import resolve_template
+
+        template, atlas = template_and_atlas(resolve_template(load_config(args.config)))
+    return neutral_head(template, atlas, gaussians, args.head)
+
+
+def run_animate(args) -> None:
+    import pathlib
+
+    from headsup_jax.infer import animate, render
+    from headsup_jax.infer.blendshape_files import read_animation
+
+    method = animate.method_function(args.method)  # before minutes of loading
+    if not args.out.lower().endswith(".mp4"):
+        from headsup_jax.errors import InputError
+
+        raise InputError(f"--out {args.out}: expected an .mp4 file")
+    head = _animation_head(args)
+    animation = read_animation(args.blendshapes, head.template)
+    if animation.ignored:
+        print(f"{args.blendshapes}: ignored {', '.join(animation.ignored)}")
+    F = len(animation.coefficients)
+    cameras = animate.frame_cameras(args.cameras, args.resolution, F)
+    background = [float(v) for v in args.background.split(",")]
+    folder = None if args.ply_sequence is None else pathlib.Path(args.ply_sequence)
+    frames = animate.animation_frames(head, animation.coefficients, method)
+    render.write_video(animate.render_frames(frames, cameras, background, args.backend, folder), args.out, args.fps)
+    print(f"wrote {args.out}: {F} frames {cameras[0].width}x{cameras[0].height} at {args.fps} fps "
+          f"({args.method}, {args.cameras})" + (f"; {F} PLYs in {folder}/" if folder else ""))
 
 
 def register_render(sub) -> None:

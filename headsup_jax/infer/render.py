@@ -36,11 +36,16 @@ def rig_cameras(name: str, resolution: int, frames: int = 60) -> list[Camera]:
                  TURNTABLE["elevation_degrees"], target=np.asarray(TARGET))
 
 
+def image_renderer(background=(1.0, 1.0, 1.0), backend: str = "auto", **options):
+    """A jitted (Gaussians [P], Camera) -> rgb [H, W, 3] (one compile per image size and Gaussian count)."""
+    bg = np.asarray(background, np.float32)
+    return jax.jit(lambda g, cam: rasterize(g, cam, background=bg, backend=backend, **options).rgb)
+
+
 def render_images(gaussians: Gaussians, cameras, background=(1.0, 1.0, 1.0), backend: str = "auto",
                   **options) -> list[np.ndarray]:
     """Gaussians [P] seen by each camera -> uint8 [H, W, 3] images (one compile per image size)."""
-    bg = np.asarray(background, np.float32)
-    render = jax.jit(lambda g, cam: rasterize(g, cam, background=bg, backend=backend, **options).rgb)
+    render = image_renderer(background, backend, **options)
     g = jax.tree.map(np.asarray, gaussians)
     return [to_uint8(render(g, cam)) for cam in cameras]
 

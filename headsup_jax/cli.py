@@ -29,6 +29,8 @@ COMMANDS = {
                     "turn a capture into a .ply/.splat head with a trained model (one forward pass)"),
     "fit": ("headsup_jax.infer.cli:add_fit",
             "fit a capture's head by per-subject optimisation, from the template or a trained model (--init)"),
+    "animate": ("headsup_jax.infer.cli:add_animate",
+                "animate a reconstructed head with ARKit blendshapes (a JSON/CSV file) to an mp4 and PLYs"),
     "view": ("headsup_jax.infer.cli:add_view", "look at a .ply/.splat head in the browser (viser, localhost)"),
     "plan-memory": ("headsup_jax.scaling.memory_cli:add_plan_memory",
                     "per-device memory, FLOPs and step time of a config's train step on D devices, before launching"),

@@ -1,4 +1,5 @@
-"""Parameters and FLOPs per example of each configs/headsup.py size (XLA's cost analysis of the forward).
+"""Parameters and FLOPs per example of each configs/headsup.py size (XLA's cost analysis of the forward,
+headsup_jax.scaling.cost.forward_cost; `headsup sweep plan` gives the train step's).
 
     python benchmarks/model_sizes.py [--sizes tiny,s,m,l,xl]
 FLOPs come from the lowered (unoptimised) HLO of the model's forward for one example with the size's
@@ -6,35 +7,18 @@ number of input views and image size; the renderer is excluded (it depends on th
 """
 import argparse
 
-import jax
-import jax.numpy as jnp
-from flax import nnx
-
-from headsup_jax.train.experiment import build_model
-
-
-
-def get_config(size):
-    from headsup_jax.train.config import size_config
-
-    return size_config(size)
+from headsup_jax.scaling.cost import forward_cost
+from headsup_jax.train.config import size_config
 
 
 def measure(size: str) -> dict:
-    config = get_config(size)
+    config = size_config(size)
     config.template = "procedural"  # G and FLOPs of the decoder follow the atlas; procedural is always there
-    abstract = nnx.eval_shape(lambda: build_model(config)[0])
-    graphdef, state = nnx.split(abstract)
+    cost = forward_cost(config)
     n, (h, w) = config.data.num_inputs, config.data.image_size
-    images = jax.ShapeDtypeStruct((1, n, h, w, 3), jnp.float32)
-    K = jax.ShapeDtypeStruct((1, n, 3, 3), jnp.float32)
-    w2c = jax.ShapeDtypeStruct((1, n, 4, 4), jnp.float32)
-    forward = jax.jit(lambda s, *a: nnx.merge(graphdef, s)(*a)[0].means)
-    cost = forward.lower(state, images, K, w2c).cost_analysis()
-    params = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
-    return dict(size=size, params=params, gflops=cost["flops"] / 1e9, views=n, image=f"{h}x{w}",
+    return dict(size=size, params=cost["params"], gflops=cost["flops_per_example"] / 1e9, views=n, image=f"{h}x{w}",
                 latent=f"{config.model.latent_size}^2 x {config.model.dim}", atlas=config.atlas_resolution,
-                gaussians=abstract.atlas.count)
+                gaussians=cost["gaussians"])
 
 
 def main():

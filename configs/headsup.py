@@ -53,6 +53,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.data = dict(
         source="synthetic",  # "synthetic" (generated on first use into workdir/data) or a TFDS/capture folder
         synthetic_subjects=1000 if size == "tiny" else 10000,
+        max_train_subjects=0,  # > 0: train on the first K records of the train split only (identity sweeps)
         rig="frontal16",
         image_size=s["image"],  # (H, W) of the model's inputs and targets
         num_inputs=s["views"],

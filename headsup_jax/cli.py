@@ -22,6 +22,7 @@ COMMAND_GROUPS = {
     "data": ("headsup_jax.data.cli", "validate, build, generate and inspect capture data"),
     "lpips": ("headsup_jax.model.lpips_cli", "convert LPIPS (VGG16) weights for the perceptual loss"),
     "export": ("headsup_jax.infer.cli:register_export", "write a trained model for PyTorch (safetensors + config)"),
+    "sweep": ("headsup_jax.scaling.cli", "scaling sweeps: plan, run (or emit cluster jobs), collect, report"),
 }
 # commands without subcommands: name -> ("module:function" adding the arguments to its parser, one-line help)
 COMMANDS = {

@@ -107,15 +107,42 @@ def view_spec(config, num_targets: int | None = None) -> ViewSpec:
 def train_iterator(config, dataset, seed: int | None = None, start: int = 0) -> DataIterator:
     """This process's batch iterator over the train split of `dataset` (batch_size is per process);
     `start` skips records of this process's sequence (see `resume_position`)."""
-    from headsup_jax.data.tfds_builder import load_source
-
     d = config.data
     if d.batch_size % jax.process_count():
         raise ConfigError(f"data.batch_size {d.batch_size} is not divisible by {jax.process_count()} processes")
     pipeline = PipelineConfig(batch_size=d.batch_size // jax.process_count(), views=view_spec(config),
                               worker_count=d.workers, fail_fast=not d.skip_bad_records)
-    return make_pipeline(load_source(dataset, "train"), pipeline, seed=config.seed if seed is None else seed,
+    return make_pipeline(train_source(config, dataset), pipeline, seed=config.seed if seed is None else seed,
                          start=start)
+
+
+def train_source(config, dataset):
+    """The train split of `dataset`, cut to its first config.data.max_train_subjects records when that is > 0
+    (one record per subject for synthetic data): an identity sweep's runs read nested subsets of one dataset."""
+    from headsup_jax.data.tfds_builder import load_source
+
+    source = load_source(dataset, "train")
+    k = config.data.get("max_train_subjects", 0)
+    if k <= 0:
+        return source
+    if k > len(source):
+        raise ConfigError(f"data.max_train_subjects {k} exceeds the {len(source)} train records of {dataset}")
+    return _FirstRecords(source, k)
+
+
+class _FirstRecords:
+    """The first `count` records of a random-access source."""
+
+    def __init__(self, source, count: int):
+        self.source, self.count = source, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i):
+        if not -self.count <= i < self.count:
+            raise IndexError(i)
+        return self.source[i % self.count]
 
 
 def resume_position(records: list[dict], where: str) -> tuple[int, dict | None]:

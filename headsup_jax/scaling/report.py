@@ -102,16 +102,19 @@ def plot(fitted: list[dict], axis: str, metric: str) -> bytes:
 
 
 def _interval(fit, name: str) -> str:
+    if fit.n <= 3:  # as many points as parameters: the fit is exact, resamples only repeat it
+        return f"{getattr(fit, name):.4g} (3 points: exact, no interval)"
     lo, hi = fit.intervals[name]
     return f"{getattr(fit, name):.4g} [{lo:.3g}, {hi:.3g}]"
 
 
 def compute_optimal(results: dict, fitted: list[dict], budget: float) -> str:
-    """The method of the module docstring, on the parameter group with the most runs -> markdown lines."""
+    """The method of the module docstring, on the parameter group with the most sizes (among equals the one of
+    lowest mean held-out error) -> markdown lines."""
     mse = [f for f in fitted if f["axis"] == "params" and f["metric"] == "mse"]
     if not mse:
         return "No parameter sweep with >= 3 sizes: no compute-optimal size."
-    best = max(mse, key=lambda f: len(f["x"]))
+    best = max(mse, key=lambda f: (len(f["x"]), -float(np.mean(f["y"]))))  # most sizes, then the lowest error
     runs = groups(results["runs"], "params")[best["group"]]
     n = np.array([r["params"] for r in runs], np.float64)
     if results["budget"] == "compute":

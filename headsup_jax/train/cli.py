@@ -3,6 +3,8 @@
     headsup train --config configs/headsup.py:tiny --workdir runs/tiny [--config.optim.lr=1e-4 ...]
     headsup eval --workdir runs/tiny [--split test --subjects 16]   # the config saved in the workdir
     headsup eval --workdir runs/tiny --data OTHER_DATASET_OR_CAPTURES [--views 8]
+    headsup train --config configs/expression.py:tiny --config.base=runs/tiny --config.data.source=DIR \
+        --workdir runs/expr   # the latent expression model on the frozen run runs/tiny (train/expression.py)
 Multi-host: `jax.distributed.initialize()` is automatic on TPU pods and SLURM; locally pass
 --coordinator=HOST:PORT --num_processes=N --process_id=I. The launchers pass --require_accelerator.
 Logging: headsup_jax at INFO, libraries at WARNING; `-v N` (absl --verbosity) sets every logger to N.
@@ -127,7 +129,13 @@ def _run(argv) -> None:
     log.info(check_backend(FLAGS.require_accelerator))
     workdir = workdir_path(FLAGS.workdir)  # local or gs://...
     config = _config_for(workdir)
-    if command == "train":
+    if config.get("kind") == "expression":  # configs/expression.py: the latent expression model on a frozen run
+        if command != "train":
+            raise ConfigError(f"{workdir}: an expression model run; `headsup {command}` evaluates HeadsUp runs")
+        from headsup_jax.train.expression import train_expression
+
+        print(json.dumps({"final": train_expression(config, workdir)}, indent=2))
+    elif command == "train":
         from headsup_jax.train.loop import train
 
         metrics = train(config, workdir)

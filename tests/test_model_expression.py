@@ -1,0 +1,119 @@
+"""The latent expression model (issue 13): a residual over Z_neutral, trained on a frozen base run.
+
+The base is an untrained tiny run (written in a tmp folder, no training step: cheap) whose decoder's
+zero-initialised output heads get small random weights, so its Gaussians depend on Z and the render
+loss has a gradient; its encoder still maps every frame to its own latent, which is what the latent loss
+needs. Data: 3 synthetic subjects x 3 frames (neutral + 2 expressions) at 32 px.
+"""
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from tensorboard_events import scalars
+from train_worker import tiny_config
+
+from headsup_jax.model.expression import ExpressionModel
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SUBJECTS, FRAMES, STEPS = 3, 3, 40
+ZERO_TOLERANCE = 0.05  # |F(Z_neutral, 0) - Z_neutral| / |Z_neutral| after training
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """(the base run's TrainedModel, the synthetic expression captures)."""
+    from headsup_jax.data.synth import SynthConfig, generate
+    from headsup_jax.infer.trained import load_trained
+    from headsup_jax.train.checkpoint import Checkpointer
+    from headsup_jax.train.experiment import new_model, template_and_atlas
+    from headsup_jax.train.optim import make_optimizer
+    from headsup_jax.train.workdir import check_template, save_config
+
+    root = tmp_path_factory.mktemp("expression")
+    generate(root / "synth", SUBJECTS, SynthConfig(resolution=32, seed=5, texture_resolution=64, frames=FRAMES),
+             progress=False)
+    config = tiny_config(data=1)
+    template, atlas = template_and_atlas(config)
+    model = new_model(config, template, atlas)
+    rng = np.random.default_rng(0)
+    for layer in (model.decoder.head, model.decoder.texel_head):
+        layer.kernel[...] = jnp.asarray(0.05 * rng.standard_normal(layer.kernel.shape), jnp.float32)
+    optimizer = nnx.Optimizer(model, make_optimizer(config.optim), wrt=nnx.Param)
+    workdir = root / "base"
+    check_template(config, template, workdir)
+    save_config(config, workdir)
+    ckpt = Checkpointer(workdir, 1, 1)
+    ckpt.save(0, nnx.state((model, optimizer)), None, force=True)
+    ckpt.close()
+    return load_trained(workdir), root / "synth"
+
+
+def expression_config(base_workdir, source):
+    """configs/expression.py:tiny, shortened; the random decoder's renders are no image of the truth, so the
+    render loss is weighted down (at weight 1 it held the latent loss at 0.0154 -> 0.0152 over 40 steps)."""
+    from headsup_jax.train.config import load_config
+
+    config = load_config(f"{ROOT}/configs/expression.py:tiny")
+    config.base, config.data.source = str(base_workdir), str(source)
+    config.data.batch_size = SUBJECTS * FRAMES  # every pair each step: the logged loss is the whole set's
+    config.optim.total_steps, config.optim.warmup_steps, config.optim.lr = STEPS, 5, 3e-3
+    config.loss.render = 0.05
+    config.log.every = 1
+    return config
+
+
+def test_zero_coefficients_give_z_neutral_exactly_at_init():
+    model = ExpressionModel(16, 5, 32, 2, 4, rngs=nnx.Rngs(0))
+    z = jax.random.normal(jax.random.key(1), (2, 4, 4, 16))
+    b = jnp.asarray([[0, 0, 0, 0, 0], [0.3, 0, 1, 0, 0.5]], jnp.float32)
+    np.testing.assert_array_equal(np.asarray(model(z, jnp.zeros((2, 5)))), np.asarray(z))
+    np.testing.assert_array_equal(np.asarray(model(z, b)), np.asarray(z))  # residual zero-initialised
+    # ...but the coefficients reach the zero-initialised projection: its gradient depends on them
+    grad = lambda c: nnx.grad(lambda m: jnp.sum(m(z, c) * z))(model).latent_out.kernel[...]  # noqa: E731
+    assert float(jnp.abs(grad(b) - grad(jnp.zeros((2, 5)))).max()) > 1e-3
+
+
+def test_wrong_coefficient_count_is_a_clear_error():
+    model = ExpressionModel(16, 5, 32, 1, 4, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"shape \[2, 4\], expected \[2, 5\]"):
+        model(jnp.zeros((2, 4, 4, 16)), jnp.zeros((2, 4)))
+
+
+def test_data_without_expression_frames_is_refused_by_folder(tmp_path, base):
+    from headsup_jax.train.expression import ExpressionDataError, subject_frames
+
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "cameras.json").write_text('{"cameras": []}')
+    with pytest.raises(ExpressionDataError, match="no subject with a neutral and an expression frame"):
+        subject_frames(tmp_path)
+
+
+def test_training_lowers_the_latent_loss_and_keeps_zero_coefficients_neutral(tmp_path, base):
+    from headsup_jax.train.expression import expression_pairs, load_expression, train_expression
+
+    trained, source = base
+    config = expression_config(trained.workdir, source)
+    final = train_expression(config, tmp_path / "expr", progress=False, trained=trained)
+    latent = scalars(tmp_path / "expr" / "tensorboard", "loss/latent")
+    render = scalars(tmp_path / "expr" / "tensorboard", "loss/render")
+    assert sorted(latent) == list(range(1, STEPS + 1))
+    assert latent[STEPS] < 0.7 * latent[1], latent
+    assert render[STEPS] < render[1], render
+    assert np.isfinite(final["loss"])
+
+    model, saved, _ = load_expression(tmp_path / "expr", trained=trained)
+    assert saved.base == str(trained.workdir)
+    pairs = expression_pairs(trained, source, trained.config.data.num_inputs, 2, config.loss.background)
+    z0 = np.asarray(model(jnp.asarray(pairs.z_neutral), jnp.zeros_like(pairs.coefficients)))
+    drift = np.linalg.norm(z0 - pairs.z_neutral) / np.linalg.norm(pairs.z_neutral)
+    assert drift < ZERO_TOLERANCE, drift
+    # with their coefficients, the expression frames' latents are nearer their encodings than Z_neutral is
+    z = np.asarray(model(jnp.asarray(pairs.z_neutral), jnp.asarray(pairs.coefficients)))
+    moved = pairs.coefficients.any(-1)
+    assert moved.sum() == SUBJECTS * (FRAMES - 1)
+    err = lambda a: np.linalg.norm((a - pairs.z_target)[moved])  # noqa: E731
+    assert err(z) < err(pairs.z_neutral), (err(z), err(pairs.z_neutral))

@@ -258,5 +258,5 @@ def test_cli_head_route_and_its_refusals(tmp_path, capsys, trained):
     assert code == 2 and "--head needs exactly one of --workdir" in err
     code, _, err = animate_cli(capsys, "--head", tmp_path / "head.ply", "--workdir", trained.workdir,
                                "--method", "latent", "--blendshapes", anim, "--out", tmp_path / "a.mp4")
-    assert code == 2 and "needs a trained expression model (configs/expression.py), not available yet" in err
+    assert code == 2 and "--method latent needs the head's latent Z, which a PLY does not hold" in err
     assert not (tmp_path / "a.mp4").exists()

@@ -5,6 +5,7 @@ zero-initialised output heads get small random weights, so its Gaussians depend 
 loss has a gradient; its encoder still maps every frame to its own latent, which is what the latent loss
 needs. Data: 3 synthetic subjects x 3 frames (neutral + 2 expressions) at 32 px.
 """
+import dataclasses
 import pathlib
 
 import jax
@@ -92,28 +93,76 @@ def test_data_without_expression_frames_is_refused_by_folder(tmp_path, base):
         subject_frames(tmp_path)
 
 
-def test_training_lowers_the_latent_loss_and_keeps_zero_coefficients_neutral(tmp_path, base):
-    from headsup_jax.train.expression import expression_pairs, load_expression, train_expression
+@pytest.fixture(scope="module")
+def expression_run(base, tmp_path_factory):
+    """(workdir, config, final metrics) of the tiny expression config trained STEPS steps on the base."""
+    from headsup_jax.train.expression import train_expression
 
     trained, source = base
     config = expression_config(trained.workdir, source)
-    final = train_expression(config, tmp_path / "expr", progress=False, trained=trained)
-    latent = scalars(tmp_path / "expr" / "tensorboard", "loss/latent")
-    render = scalars(tmp_path / "expr" / "tensorboard", "loss/render")
+    workdir = tmp_path_factory.mktemp("expression_run")
+    return workdir, config, train_expression(config, workdir, progress=False, trained=trained)
+
+
+@pytest.fixture(scope="module")
+def pairs(base, expression_run):
+    from headsup_jax.train.expression import expression_pairs
+
+    trained, source = base
+    return expression_pairs(trained, source, trained.config.data.num_inputs, 2, expression_run[1].loss.background)
+
+
+def test_training_lowers_the_latent_loss_and_keeps_zero_coefficients_neutral(base, expression_run, pairs):
+    from headsup_jax.train.expression import load_expression
+
+    trained, _ = base
+    workdir, _, final = expression_run
+    latent = scalars(workdir / "tensorboard", "loss/latent")
+    render = scalars(workdir / "tensorboard", "loss/render")
     assert sorted(latent) == list(range(1, STEPS + 1))
     assert latent[STEPS] < 0.7 * latent[1], latent
     assert render[STEPS] < render[1], render
     assert np.isfinite(final["loss"])
 
-    model, saved, _ = load_expression(tmp_path / "expr", trained=trained)
+    model, saved, _ = load_expression(workdir, trained=trained)
     assert saved.base == str(trained.workdir)
-    pairs = expression_pairs(trained, source, trained.config.data.num_inputs, 2, config.loss.background)
     z0 = np.asarray(model(jnp.asarray(pairs.z_neutral), jnp.zeros_like(pairs.coefficients)))
     drift = np.linalg.norm(z0 - pairs.z_neutral) / np.linalg.norm(pairs.z_neutral)
-    assert drift < ZERO_TOLERANCE, drift
     # with their coefficients, the expression frames' latents are nearer their encodings than Z_neutral is
     z = np.asarray(model(jnp.asarray(pairs.z_neutral), jnp.asarray(pairs.coefficients)))
     moved = pairs.coefficients.any(-1)
-    assert moved.sum() == SUBJECTS * (FRAMES - 1)
     err = lambda a: np.linalg.norm((a - pairs.z_target)[moved])  # noqa: E731
+    print(f"latent MSE {latent[1]:.4g} -> {latent[STEPS]:.4g}, render L1 {render[1]:.4g} -> {render[STEPS]:.4g}, "
+          f"zero-coefficient drift {drift:.4f} of |Z|, expression error {err(z):.4g} vs {err(pairs.z_neutral):.4g}")
+    assert drift < ZERO_TOLERANCE, drift
+    assert moved.sum() == SUBJECTS * (FRAMES - 1)
     assert err(z) < err(pairs.z_neutral), (err(z), err(pairs.z_neutral))
+
+
+def test_latent_animation_decodes_the_models_latents(base, expression_run, pairs):
+    from headsup_jax.data.capture import load_capture
+    from headsup_jax.infer.animate import HeadFileError, animate_latent, capture_latent, neutral_head
+    from headsup_jax.infer.reconstruct import reconstruct
+    from headsup_jax.train.expression import load_expression
+
+    trained, source = base
+    model = load_expression(expression_run[0], trained=trained)[0]
+    capture = load_capture(source / "synth_000000" / "frame_00")
+    head = neutral_head(trained.template, trained.atlas, reconstruct(trained, capture).head)
+    coeffs = np.stack([np.zeros_like(pairs.coefficients[1]), pairs.coefficients[1]])  # neutral, frame_01
+    with pytest.raises(HeadFileError, match="latent Z, which a PLY file does not hold"):
+        animate_latent(head, coeffs, (model, trained.model))
+    z = capture_latent(trained, capture)
+    np.testing.assert_allclose(z, pairs.z_neutral[0], atol=1e-4)  # the latent training used (jitted there)
+    head = dataclasses.replace(head, latent=z)
+    frames = animate_latent(head, coeffs, (model, trained.model))  # [2, G]
+    expected, _ = trained.model.head_gaussians(trained.model.decoder(model(jnp.asarray(z)[None].repeat(2, 0),
+                                                                           jnp.asarray(coeffs))))
+    for name in ("means", "quats", "scales", "opacities", "sh"):
+        np.testing.assert_allclose(getattr(frames, name), getattr(expected, name), atol=1e-5, err_msg=name)
+    from_neutral = np.abs(np.asarray(frames.means) - head.gaussians.means).max(-1)  # [2, G] metres
+    print(f"latent animation: max |mean - reconstruction| zero coefficients {from_neutral[0].max():.2e} m, "
+          f"frame_01 {from_neutral[1].max():.2e} m")
+    assert from_neutral[0].max() < from_neutral[1].max()
+    with pytest.raises(ValueError, match=r"expected \[F, "):
+        animate_latent(head, coeffs[:, :3], (model, trained.model))

@@ -12,6 +12,11 @@ texel and its scales follow the texel's footprint; opacity and colour are unchan
 Gaussians' local attributes are recovered against the neutral template's anchors (so a head from a PLY
 file animates like one from the model), and a Gaussian whose triangle the coefficients do not move keeps
 its neutral values: zero coefficients return the neutral arrays exactly.
+
+latent: the paper's method: the head's latent Z (`NeutralHead.latent`, `capture_latent`) goes through a
+trained expression model F(Z_neutral, b) (`model.expression`, `train.expression.load_expression`) and the
+frozen base decoder; bind the loaded (ExpressionModel, base HeadsUp) with
+functools.partial(animate_latent, expression=...). A head read from a PLY has no latent: refused.
 """
 from __future__ import annotations
 
@@ -48,6 +53,7 @@ class NeutralHead:
     template: HeadTemplate
     atlas: UVAtlas
     gaussians: Gaussians
+    latent: np.ndarray | None = None  # [Lh, Lw, D] the model's Z of the head, which --method latent needs
 
 
 def neutral_head(template, atlas, gaussians: Gaussians, source: str = "the head") -> NeutralHead:
@@ -77,15 +83,29 @@ def animate_rig(head: NeutralHead, expression_coeffs) -> Gaussians:
     return _rig_function(head.template, head.atlas)(head.gaussians, coeffs)
 
 
-METHODS = {"rig": animate_rig}
-UNAVAILABLE = {"latent": "needs a trained expression model (configs/expression.py), not available yet; "
-                          "use --method rig"}
+def animate_latent(head: NeutralHead, expression_coeffs, expression=None) -> Gaussians:
+    """The latent expression model: coefficients [F, E] -> Gaussians [F, G], the base decoder's Gaussians
+    of F(Z_neutral, b). `expression`: (ExpressionModel, its base HeadsUp model), as
+    `train.expression.load_expression` gives them; `head.latent` must be that base model's Z."""
+    if expression is None:
+        raise MethodUnavailableError("--method latent needs a trained expression model: --expression-workdir DIR "
+                                     "(headsup train --config configs/expression.py:tiny)")
+    if head.latent is None:
+        raise HeadFileError("--method latent needs the head's latent Z, which a PLY file does not hold: give "
+                            "--workdir and --capture (the head is reconstructed by the expression model's base)")
+    coeffs = jnp.asarray(expression_coeffs, jnp.float32)
+    E = len(head.template.expression_names)
+    if coeffs.ndim != 2 or coeffs.shape[1] != E:
+        raise ValueError(f"expression_coeffs: shape {list(coeffs.shape)}, expected [F, {E}]")
+    return _latent_function(*expression)(jnp.asarray(head.latent), coeffs)
+
+
+METHODS = {"rig": animate_rig, "latent": animate_latent}
 
 
 def method_function(method: str):
-    """The function (NeutralHead, coefficients [F, E]) -> Gaussians [F, G] of `method`."""
-    if method in UNAVAILABLE:
-        raise MethodUnavailableError(f"--method {method} {UNAVAILABLE[method]}")
+    """The function (NeutralHead, coefficients [F, E]) -> Gaussians [F, G] of `method` (latent: bind its
+    `expression` first, functools.partial)."""
     if method not in METHODS:
         raise InputError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
     return METHODS[method]
@@ -141,6 +161,32 @@ def render_frames(frames, cameras, background=(1.0, 1.0, 1.0), backend: str = "a
         if ply_folder is not None:
             save_ply(gaussians, pathlib.Path(ply_folder) / f"frame_{f:05d}.ply")
         yield to_uint8(render(gaussians, camera))
+
+
+def capture_latent(trained, capture, views=None, num_views: int | None = None) -> np.ndarray:
+    """The model's Z [Lh, Lw, D] of a capture from the views `infer.reconstruct.reconstruct` picks."""
+    from headsup_jax.infer.reconstruct import load_views, pick_views, stack_views
+
+    indices = pick_views(capture, views, num_views or min(trained.config.data.num_inputs, len(capture.cameras)))
+    images, K, w2c = stack_views(load_views(capture, indices, *trained.image_size))
+    return np.asarray(trained.model.latent(images[None], K[None], w2c[None])[0])
+
+
+@functools.lru_cache(maxsize=2)
+def _latent_function(expression_model, base_model):
+    """jit((Z_neutral [Lh, Lw, D], coefficients [F, E]) -> Gaussians [F, G]) of one expression model."""
+    from flax import nnx
+
+    expression_def, expression_state = nnx.split(expression_model)
+    base_def, base_state = nnx.split(base_model)
+
+    def run(es, bs, z, coeffs):
+        expression, base = nnx.merge(expression_def, es), nnx.merge(base_def, bs)
+        z_expression = expression(jnp.broadcast_to(z, (coeffs.shape[0],) + z.shape), coeffs)  # [F, Lh, Lw, D]
+        return base.head_gaussians(base.decoder(z_expression))[0]
+
+    jitted = jax.jit(run)
+    return lambda z, coeffs: jitted(expression_state, base_state, z, coeffs)
 
 
 @functools.lru_cache(maxsize=4)

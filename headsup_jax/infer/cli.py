@@ -100,7 +100,9 @@ def add_animate(parser) -> None:
                         "anim.csv (a header of names, e.g. a Live Link Face export)")
     parser.add_argument("--method", default="rig", choices=["rig", "latent"],
                         help="rig: the Gaussians ride the template deformed by the blendshapes; latent: the "
-                        "paper's latent expression model")
+                        "paper's latent expression model (--expression-workdir; the head from --capture)")
+    parser.add_argument("--expression-workdir", help="--method latent: the expression model's run (headsup train "
+                        "--config configs/expression.py:tiny); its base run must be --workdir")
     parser.add_argument("--cameras", default="frontal16", choices=["frontal16", "turntable"],
                         help="frontal16: its most frontal camera, fixed; turntable: one orbit over the frames")
     parser.add_argument("--resolution", type=int, default=256, help="image height in pixels")
@@ -127,7 +129,14 @@ def _animation_head(args):
         trained = load_trained(args.workdir, args.step)
         result = reconstruct(trained, capture, views, args.num_views)
         print(f"reconstructed {result.capture.subject!r} from {len(result.input_ids)} views, step {trained.step}")
-        return neutral_head(trained.template, trained.atlas, result.head, f"the reconstruction of {args.capture}")
+        head = neutral_head(trained.template, trained.atlas, result.head, f"the reconstruction of {args.capture}")
+        if args.method == "latent":
+            import dataclasses
+
+            from headsup_jax.infer.animate import capture_latent
+
+            head = dataclasses.replace(head, latent=capture_latent(trained, capture, views, args.num_views))
+        return head, trained
     if (args.workdir is None) == (args.config is None):
         raise InputError("--head needs exactly one of --workdir (the run that reconstructed it) or --config "
                          "(the config it was fitted on): they give its template and atlas")
@@ -148,7 +157,25 @@ def _animation_head(args):
         from headsup_jax.train.workdir import resolve_template
 
         template, atlas = template_and_atlas(resolve_template(load_config(args.config)))
-    return neutral_head(template, atlas, gaussians, args.head)
+    return neutral_head(template, atlas, gaussians, args.head), None
+
+
+def _expression_model(expression_workdir, trained):
+    """(ExpressionModel, base HeadsUp) of an expression run whose base is `trained`'s run (refused otherwise)."""
+    import json
+
+    from etils import epath
+
+    from headsup_jax.errors import InputError
+    from headsup_jax.train.expression import load_expression
+
+    saved = epath.Path(expression_workdir) / "config.json"
+    base = json.loads(saved.read_text()).get("base") if saved.exists() else None
+    if base is not None and epath.Path(base).resolve() != epath.Path(trained.workdir).resolve():
+        raise InputError(f"--expression-workdir {expression_workdir}: trained on the base run {base}, not "
+                         f"--workdir {trained.workdir}")
+    model = load_expression(expression_workdir, trained=trained)[0]
+    return model, trained.model
 
 
 def run_animate(args) -> None:
@@ -162,7 +189,20 @@ def run_animate(args) -> None:
         from headsup_jax.errors import InputError
 
         raise InputError(f"--out {args.out}: expected an .mp4 file")
-    head = _animation_head(args)
+    if args.method == "latent" and args.head is not None:
+        from headsup_jax.infer.animate import HeadFileError
+
+        raise HeadFileError(f"--head {args.head}: --method latent needs the head's latent Z, which a PLY does not "
+                            "hold; give --workdir and --capture (reconstructed by the expression model's base)")
+    if args.method == "latent" and args.expression_workdir is None:
+        from headsup_jax.errors import InputError
+
+        raise InputError("--method latent needs --expression-workdir DIR (a run of configs/expression.py)")
+    head, trained = _animation_head(args)
+    if args.method == "latent":
+        import functools
+
+        method = functools.partial(method, expression=_expression_model(args.expression_workdir, trained))
     animation = read_animation(args.blendshapes, head.template)
     if animation.ignored:
         print(f"{args.blendshapes}: ignored {', '.join(animation.ignored)}")

@@ -75,7 +75,7 @@ def subject_frames(source) -> dict:
     usable = {s: sorted(f) for s, f in frames.items() if len(f) > 1 and all(name for name, _ in f)}
     if not usable:
         raise ExpressionDataError(f"{source}: no subject with a neutral and an expression frame "
-                                  "(<subject>/frame_00, <subject>/frame_01, ...: headsup data synth --frames 2 or more)")
+                                  "(<subject>/frame_00, <subject>/frame_01, ...: headsup data synth --frames 2+)")
     return usable
 
 

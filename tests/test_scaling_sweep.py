@@ -23,7 +23,8 @@ def get_config(arg=""):
     c.reference = "d8"
     c.shared = (("template", "procedural"), ("atlas_resolution", 32), ("model.latent_size", 8),
                 ("data.image_size", (32, 24)), ("data.num_inputs", 2), ("data.num_targets", 2),
-                ("data.batch_size", 2), ("optim.warmup_steps", 1), ("log.images_every", 0), ("log.every", 1))
+                ("data.batch_size", 2), ("data.synthetic_workers", 1), ("optim.warmup_steps", 1),
+                ("log.images_every", 0), ("log.every", 1))
     c.data = dict(source="", synthetic_subjects=10, rig="frontal16")
     c.eval = dict(split="test", subjects=1, targets=2)
     c.runs = [("d8", {"model.dim": 8, "model.heads": 1, "model.decoder_widths": (8, 8, 8)}),

@@ -26,10 +26,49 @@ def _one_device_config(config):
     return flat
 
 
-def _flops(lowered) -> float:
-    cost = lowered.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost["flops"])
+def analysis_flops(analysis, missing: float | None = None) -> float:
+    """The "flops" of a cost_analysis() result (a dict, or a list of one); `missing` when it has none (some
+    backends' compiled programs), else a KeyError."""
+    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+    if "flops" not in analysis and missing is not None:
+        return missing
+    return float(analysis["flops"])
+
+
+def abstract_train_step(config, template, atlas, tx, mesh, batch: int):
+    """(experiment namespace for TrainStep, abstract sharded state, abstract sharded batch) of `config` on `mesh`."""
+    import types
+
+    from headsup_jax.train.experiment import build_supervision
+    from headsup_jax.train.sharding import batch_sharding, state_shardings
+
+    def create():
+        model = new_model(config, template, atlas)
+        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    graphdef, abstract = nnx.split(nnx.eval_shape(create))
+    shardings = state_shardings(abstract, mesh, config.sharding_rules)
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    H, W = config.data.image_size
+    N, M = config.data.num_inputs, config.data.num_targets
+    cams = lambda n: {"K": ((batch, n, 3, 3), jnp.float32), "world_to_cam": ((batch, n, 4, 4), jnp.float32)}
+    shapes = {"inputs": ((batch, N, H, W, 3), jnp.float32), "targets": ((batch, M, H, W, 3), jnp.float32),
+              "target_masks": ((batch, M, H, W), jnp.bool_), "input_cameras": cams(N), "target_cameras": cams(M)}
+    abstract_batch = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s[0], s[1], sharding=batch_sharding(mesh, len(s[0]))), shapes,
+        is_leaf=lambda x: isinstance(x, tuple) and isinstance(x[0], tuple))
+    experiment = types.SimpleNamespace(config=config, graphdef=graphdef, mesh=mesh, shardings=shardings,
+                                       supervision=build_supervision(config, template, atlas))
+    return experiment, state, abstract_batch
+
+
+def model_flops_per_example(config, template, atlas, tx) -> float:
+    """FLOPs of one train step (forward, backward, update) for one example on one device, layers unrolled
+    and without remat, from the lowered HLO (see the module docstring)."""
+    config = _one_device_config(config)
+    mesh = make_mesh(**config.mesh, devices=jax.devices()[:1])
+    experiment, state, batch = abstract_train_step(config, template, atlas, tx, mesh, 1)
+    return analysis_flops(TrainStep(experiment).lower(state, batch).cost_analysis())
 
 
 _TEMPLATES = {}  # (template, landmarks, atlas resolution) -> (template, atlas): a sweep's sizes share them
@@ -58,16 +97,11 @@ def parameter_count(config) -> int:
 
 def train_step_cost(config) -> dict:
     """{"params", "flops_per_example" (one train step: forward, backward, Adam), "gaussians"} of `config`."""
-    from headsup_jax.scaling.memory_plan import _abstract_step  # the memory plan's abstract train step
-
-    config = _one_device_config(config)
+    config = resolve_template(config)
     template, atlas = _template_and_atlas(config)
     tx = make_optimizer(config.optim, config.on_nonfinite == "skip")
-    mesh = make_mesh(**config.mesh, devices=jax.devices()[:1])
-    experiment, state, batch = _abstract_step(config, template, atlas, tx, mesh, 1)
-    params = _param_count(nnx.merge(experiment.graphdef, state)[0])
-    return dict(params=params, flops_per_example=_flops(TrainStep(experiment).lower(state, batch)),
-                gaussians=int(atlas.count))
+    return dict(params=_param_count(_abstract_model(config)[2]),
+                flops_per_example=model_flops_per_example(config, template, atlas, tx), gaussians=int(atlas.count))
 
 
 def forward_cost(config) -> dict:
@@ -80,5 +114,6 @@ def forward_cost(config) -> dict:
     K = jax.ShapeDtypeStruct((1, n, 3, 3), jnp.float32)
     w2c = jax.ShapeDtypeStruct((1, n, 4, 4), jnp.float32)
     forward = jax.jit(lambda s, *a: nnx.merge(graphdef, s)(*a)[0].means)
-    return dict(params=_param_count(abstract), flops_per_example=_flops(forward.lower(state, images, K, w2c)),
+    flops = analysis_flops(forward.lower(state, images, K, w2c).cost_analysis())
+    return dict(params=_param_count(abstract), flops_per_example=flops,
                 gaussians=int(atlas.count))

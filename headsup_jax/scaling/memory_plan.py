@@ -143,42 +143,6 @@ def memory_fields(compiled) -> dict:
     return out
 
 
-def _flops(analysis) -> float:
-    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
-    return float(analysis.get("flops", 0.0))
-
-
-def _abstract_step(config, template, atlas, tx, mesh, batch: int):
-    """(experiment namespace for TrainStep, abstract sharded state, abstract sharded batch) of `config` on `mesh`."""
-    import types
-
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from headsup_jax.train.experiment import build_supervision, new_model
-    from headsup_jax.train.sharding import batch_sharding, state_shardings
-
-    def create():
-        model = new_model(config, template, atlas)
-        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-    graphdef, abstract = nnx.split(nnx.eval_shape(create))
-    shardings = state_shardings(abstract, mesh, config.sharding_rules)
-    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    H, W = config.data.image_size
-    N, M = config.data.num_inputs, config.data.num_targets
-    cams = lambda n: {"K": ((batch, n, 3, 3), jnp.float32), "world_to_cam": ((batch, n, 4, 4), jnp.float32)}
-    shapes = {"inputs": ((batch, N, H, W, 3), jnp.float32), "targets": ((batch, M, H, W, 3), jnp.float32),
-              "target_masks": ((batch, M, H, W), jnp.bool_), "input_cameras": cams(N), "target_cameras": cams(M)}
-    abstract_batch = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s[0], s[1], sharding=batch_sharding(mesh, len(s[0]))), shapes,
-        is_leaf=lambda x: isinstance(x, tuple) and isinstance(x[0], tuple))
-    experiment = types.SimpleNamespace(config=config, graphdef=graphdef, mesh=mesh, shardings=shardings,
-                                       supervision=build_supervision(config, template, atlas))
-    return experiment, state, abstract_batch
-
-
 def _renderer_plan(config, template, atlas, per_device: int) -> dict:
     """(tile, Gaussian) pairs of the initial Gaussians (zero raw predictions: the untrained model's) in M orbit
     views from the renderer's own counters, and the memory of forward + backward of rendering `per_device`
@@ -229,6 +193,7 @@ def compile_plan(config) -> dict:
     import jax
     from flax import nnx
 
+    from headsup_jax.scaling.cost import abstract_train_step, analysis_flops, model_flops_per_example
     from headsup_jax.train.experiment import template_and_atlas
     from headsup_jax.train.optim import make_optimizer
     from headsup_jax.train.sharding import make_mesh
@@ -240,7 +205,7 @@ def compile_plan(config) -> dict:
     mesh = make_mesh(**config.mesh)
     template, atlas = template_and_atlas(config)
     tx = make_optimizer(config.optim)
-    experiment, state, batch = _abstract_step(config, template, atlas, tx, mesh, B)
+    experiment, state, batch = abstract_train_step(config, template, atlas, tx, mesh, B)
     model = nnx.merge(experiment.graphdef, state)[0]
     params, buffers = nnx.state(model, nnx.Param), nnx.state(model, nnx.Not(nnx.Param))
     result = {
@@ -260,18 +225,11 @@ def compile_plan(config) -> dict:
     compiled = lowered.compile()
     result["compile_s"] = time.perf_counter() - t0
     result["memory"] = memory_fields(compiled)
-    result["compiled_flops_per_device"] = _flops(compiled.cost_analysis())
+    result["compiled_flops_per_device"] = analysis_flops(compiled.cost_analysis(), missing=0.0)
     _progress(f"train step compiled in {result['compile_s']:.0f} s: {result['memory']['total'] / GIB:.2f} GiB a device")
 
-    # Model FLOPs of one example: the same step on one device, layers unrolled and no remat (cost analysis
-    # counts a loop body once; remat recomputation is not model FLOPs), from the lowered HLO.
-    flat = config.copy_and_resolve_references()
-    flat.model.scan_layers, flat.model.remat = False, False
-    flat.mesh = dict(data=1, fsdp=1, tensor=1)
-    one = make_mesh(**flat.mesh, devices=jax.devices()[:1])
     t0 = time.perf_counter()
-    experiment1, state1, batch1 = _abstract_step(flat, template, atlas, tx, one, 1)
-    result["model_flops_per_example"] = _flops(TrainStep(experiment1).lower(state1, batch1).cost_analysis())
+    result["model_flops_per_example"] = model_flops_per_example(config, template, atlas, tx)
     _progress(f"unrolled one-example step lowered in {time.perf_counter() - t0:.0f} s: "
               f"{result['model_flops_per_example']:.3g} FLOPs")
     t0 = time.perf_counter()

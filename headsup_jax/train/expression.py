@@ -169,7 +169,7 @@ def train_expression(config, workdir, progress: bool = True, trained=None) -> di
     """Trains the expression model of `config` to optim.total_steps (resuming) -> the last metrics.
     `trained`: the base run of config.base when already loaded (`infer.trained.load_trained`)."""
     from headsup_jax.infer.trained import load_trained
-    from headsup_jax.train.loop import _log_scalars, _writer
+    from headsup_jax.train.loop import log_scalars, summary_writer
 
     workdir = workdir_path(workdir)
     check_expression_config(config)
@@ -195,7 +195,7 @@ def train_expression(config, workdir, progress: bool = True, trained=None) -> di
     state, base_state = jax.device_put((state, base_state), device)  # else the second step compiles again
     step_fn = train_step(config, trained.config.render, graphdef, base_def)
     arrays = {k: getattr(pairs, k) for k in ("z_neutral", "z_target", "coefficients", "targets", "K", "world_to_cam")}
-    writer, total, last = _writer(workdir), config.optim.total_steps, {}
+    writer, total, last = summary_writer(workdir), config.optim.total_steps, {}
     bar = tqdm(range(start, total), initial=start, total=total, desc="train expression", disable=not progress)
     for step in bar:
         rng = np.random.default_rng([config.seed, step])  # the batch of a step does not depend on resuming
@@ -206,7 +206,7 @@ def train_expression(config, workdir, progress: bool = True, trained=None) -> di
             last = {k: float(v) for k, v in metrics.items()}
             if not np.isfinite(last["loss"]):
                 raise FloatingPointError(f"step {done}: non-finite loss {last}; last checkpoint {ckpt.latest_step}")
-            _log_scalars(writer, done, dict(last, lr=step_learning_rate(config.optim, done)))
+            log_scalars(writer, done, dict(last, lr=step_learning_rate(config.optim, done)))
             bar.set_postfix(latent=f"{last['loss/latent']:.4g}", render=f"{last['loss/render']:.4f}")
         ckpt.save(done, state, None, force=done == total)
     ckpt.close()

@@ -61,7 +61,7 @@ def train(config, workdir, devices=None, progress: bool = True, stop_at: int | N
         data.set_state(data_state)
 
     step_fn = TrainStep(experiment)
-    writer = _writer(workdir)
+    writer = summary_writer(workdir)
     total = config.optim.total_steps
     end = total if stop_at is None else min(stop_at, total)
     pending, skipped, last = [], 0, {}  # pending: (step, device metrics) not yet read on the host
@@ -86,7 +86,7 @@ def train(config, workdir, devices=None, progress: bool = True, stop_at: int | N
                                examples_per_s=config.data.batch_size * (done - last_log) / dt,
                                skipped_updates=skipped, gaussians=experiment.atlas.count,
                                bad_records=data.metrics["skipped"])
-                _log_scalars(writer, done, scalars)
+                log_scalars(writer, done, scalars)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", l1=f"{last['loss/l1']:.4f}")
                 t0, last_log = time.perf_counter(), done
             if held_out and config.log.images_every > 0 and (done % config.log.images_every == 0 or done == end):
@@ -139,7 +139,8 @@ def _held_out_batches(config, dataset) -> list[dict]:
     return list(eval_batches(config, load_source(dataset, split), config.log.eval_subjects, num_targets=2))
 
 
-def _writer(workdir):
+def summary_writer(workdir):
+    """The TensorBoard writer of workdir/tensorboard on process 0, None on the others."""
     if jax.process_index() != 0:
         return None
     from tensorboardX import SummaryWriter
@@ -147,7 +148,7 @@ def _writer(workdir):
     return SummaryWriter(str(workdir / "tensorboard"))
 
 
-def _log_scalars(writer, step: int, scalars: dict) -> None:
+def log_scalars(writer, step: int, scalars: dict) -> None:
     if writer:
         for k, v in scalars.items():
             writer.add_scalar(k, v, step)

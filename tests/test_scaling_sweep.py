@@ -1,5 +1,6 @@
-"""`headsup sweep plan|run|collect|report` on a 2-run micro sweep (3 steps each, 10 synthetic subjects), the
-capacity sweep's sizes, compute-matched steps, job files, and data.max_train_subjects."""
+"""`headsup sweep plan|run|collect|report` on micro sweeps (a 2-run identities sweep trained for 3 steps a run on a
+built dataset of 10 random capture folders; a 2-size capacity sweep planned only), the shared synthetic dataset's
+config, the capacity sweep's sizes, compute-matched steps, job files, and data.max_train_subjects."""
 import json
 import re
 import subprocess
@@ -7,6 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from data_helpers import make_capture
 from headsup_jax.cli import main
 from headsup_jax.scaling.sweep import load_sweep, plan
 
@@ -17,52 +19,65 @@ def get_config(arg=""):
     c = ml_collections.ConfigDict()
     c.name = "micro"
     c.base = "configs/headsup.py:tiny"
-    c.axes = {"params": [8, 16]}
+    capacity = arg in ("capacity", "compute")
+    c.axes = {"params": [8, 16]} if capacity else {"identities": [4, 8]}
     c.budget = "compute" if arg == "compute" else "step"
     c.steps = 30 if arg == "compute" else 3
     c.reference = "d8"
     c.shared = (("template", "procedural"), ("atlas_resolution", 32), ("model.latent_size", 8),
+                ("model.dim", 8), ("model.heads", 1), ("model.decoder_widths", (8, 8, 8)),
                 ("data.image_size", (32, 24)), ("data.num_inputs", 2), ("data.num_targets", 2),
-                ("data.batch_size", 2), ("data.synthetic_workers", 1), ("optim.warmup_steps", 1),
-                ("log.images_every", 0), ("log.every", 1))
-    c.data = dict(source="", synthetic_subjects=10, rig="frontal16")
+                ("data.batch_size", 2), ("optim.warmup_steps", 1), ("log.images_every", 0), ("log.every", 1))
+    c.data = dict(source="DATA", synthetic_subjects=10, rig="frontal16")
     c.eval = dict(split="test", subjects=1, targets=2)
-    c.runs = [("d8", {"model.dim": 8, "model.heads": 1, "model.decoder_widths": (8, 8, 8)}),
-              ("d16", {"model.dim": 16, "model.heads": 1, "model.decoder_widths": (16, 12, 8)})]
+    if capacity:  # planned only
+        c.runs = [("d8", {"model.dim": 8}), ("d16", {"model.dim": 16, "model.decoder_widths": (16, 12, 8)})]
+    else:  # trained: one model, so the second run's compilations come from the persistent cache
+        c.runs = [("id4", {"data.max_train_subjects": 4}), ("id8", {"data.max_train_subjects": 8})]
     if arg == "extra":
-        c.runs.append(("d32", {"model.dim": 32, "model.heads": 2}))
+        c.runs.append(("id16", {"data.max_train_subjects": 16}))
     return c
 '''
 
 
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory):
-    """The micro sweep's definition file."""
-    path = tmp_path_factory.mktemp("sweep_spec") / "micro.py"
-    path.write_text(MICRO)
+    """The micro sweep's definition file, reading a built dataset of 10 random 6-camera capture folders (8 train,
+    2 test subjects)."""
+    from headsup_jax.data.tfds_builder import build_dataset
+
+    root = tmp_path_factory.mktemp("sweep_spec")
+    for s in range(10):
+        make_capture(root / "captures" / f"subject{s}", n=6, width=24, height=32, seed=s)
+    dataset = build_dataset(root / "captures", root / "tfds", validation=0.0, test=0.2)
+    path = root / "micro.py"
+    path.write_text(MICRO.replace('source="DATA"', f"source={str(dataset)!r}"))
     return path
 
 
 @pytest.fixture(scope="module")
 def micro(spec, tmp_path_factory):
-    """The micro sweep run once (the expensive part: 2 trainings and evaluations): (spec, OUT, {run: mtime})."""
+    """The micro identities sweep run once (the expensive part: 2 trainings and evaluations of one model):
+    (spec, OUT, {run: mtime})."""
     out = tmp_path_factory.mktemp("sweep") / "out"
     assert main(["sweep", "run", "--sweep", f"{spec}", "--out", str(out)]) == 0
-    return spec, out, {name: (out / name / "run.json").stat().st_mtime_ns for name in ("d8", "d16")}
+    return spec, out, {name: (out / name / "run.json").stat().st_mtime_ns for name in ("id4", "id8")}
 
 
 def test_run_writes_each_runs_record(micro):
     spec, out, _ = micro
-    records = {name: json.loads((out / name / "run.json").read_text()) for name in ("d8", "d16")}
+    records = {name: json.loads((out / name / "run.json").read_text()) for name in ("id4", "id8")}
     for name, r in records.items():
         assert (out / name / "eval_test.json").exists() and (out / name / "checkpoints").is_dir()
         assert r["steps"] == 3 and r["examples"] == 6 and r["compute"] == pytest.approx(6 * r["flops_per_example"])
         assert np.isfinite(r["final_train_loss"]) and 0 < r["held_out"]["psnr"] < 60 and r["wall_s"] > 0
         assert r["held_out_subjects"] == 1 and r["split"] == "test" and r["views"] == 2
-        assert json.loads((out / name / "config.json").read_text())["model"]["dim"] == int(name[1:])
-        # every run read the one shared dataset
-        assert json.loads((out / name / "config.json").read_text())["data"]["source"] == (out / "data" / "BUILT").read_text()
-    assert records["d16"]["params"] > records["d8"]["params"] and records["d16"]["flops_per_example"] > records["d8"]["flops_per_example"]
+        config = json.loads((out / name / "config.json").read_text())
+        assert r["train_subjects"] == config["data"]["max_train_subjects"] == int(name[2:])
+        assert r["axes"] == {"identities": int(name[2:])}
+        # every run read the sweep's one dataset
+        assert config["data"]["source"] == load_sweep(str(spec)).data.source
+    assert records["id4"]["params"] == records["id8"]["params"] > 0
 
 
 def test_second_run_skips_finished_runs(micro, monkeypatch):
@@ -73,24 +88,46 @@ def test_second_run_skips_finished_runs(micro, monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("a finished run was trained or evaluated again")
 
+    import headsup_jax.scaling.sweep as sweep_module
+
     monkeypatch.setattr(loop, "train", refuse)
     monkeypatch.setattr(evaluate, "evaluate", refuse)
+    # the costs come from OUT/costs.json, not from a new lowering (the process's own cache emptied)
+    monkeypatch.setattr(sweep_module, "_COSTS", {})
+    monkeypatch.setattr(sweep_module, "train_step_cost", refuse)
+    assert len(json.loads((out / "costs.json").read_text())["costs"]) == 1  # one model
     assert main(["sweep", "run", "--sweep", str(spec), "--out", str(out)]) == 0
     assert {n: (out / n / "run.json").stat().st_mtime_ns for n in mtimes} == mtimes
+
+
+def test_a_sweep_without_a_dataset_generates_its_synthetic_subjects_once_into_out(spec, tmp_path, monkeypatch):
+    """data.source "": OUT/data, from the base config with the sweep's shared overrides, rig and subject count."""
+    import headsup_jax.train.data as train_data
+    from headsup_jax.scaling.runner import shared_dataset
+
+    calls = []
+    monkeypatch.setattr(train_data, "dataset_dir", lambda config, out: calls.append((config, out)) or "BUILT")
+    sweep = load_sweep(str(spec))
+    assert shared_dataset(sweep, tmp_path) == sweep.data.source  # a named dataset is read as it is
+    sweep.data.source = ""
+    assert shared_dataset(sweep, tmp_path) == "BUILT"
+    (config, out), = calls
+    assert out == tmp_path and config.data.synthetic_subjects == 10 and config.data.rig == "frontal16"
+    assert config.template == "procedural" and tuple(config.data.image_size) == (32, 24) and config.data.source == "synthetic"
 
 
 def test_collect_tabulates_and_names_missing_runs(micro, capsys):
     spec, out, _ = micro
     assert main(["sweep", "collect", "--sweep", f"{spec}:extra", "--out", str(out)]) == 0
     table = capsys.readouterr().out
-    assert re.search(r"^\| d8 \|", table, re.M) and re.search(r"^\| d16 \|", table, re.M)
-    assert "missing: d32" in table
+    assert re.search(r"^\| id4 \|", table, re.M) and re.search(r"^\| id8 \|", table, re.M)
+    assert "missing: id16" in table
     results = json.loads((out / "results.json").read_text())
-    assert [r["name"] for r in results["runs"]] == ["d8", "d16"] and results["missing"] == ["d32"]
+    assert [r["name"] for r in results["runs"]] == ["id4", "id8"] and results["missing"] == ["id16"]
 
 
 def test_plan_prints_every_run_and_the_total(spec, capsys):
-    assert main(["sweep", "plan", "--sweep", str(spec)]) == 0
+    assert main(["sweep", "plan", "--sweep", f"{spec}:capacity"]) == 0
     table = capsys.readouterr().out
     rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| d")}
     assert set(rows) == {"d8", "d16"} and "model.dim=16" in rows["d16"] and "**total**" in table
@@ -99,6 +136,7 @@ def test_plan_prints_every_run_and_the_total(spec, capsys):
 def test_compute_matched_steps_match_the_reference_compute(spec):
     runs = plan(load_sweep(f"{spec}:compute"))
     d8, d16 = runs
+    assert d16.params > d8.params and d16.flops_per_example > d8.flops_per_example
     assert d8.steps == 30 and d16.steps < d8.steps
     assert d16.steps * d16.flops_per_example == pytest.approx(d8.steps * d8.flops_per_example, rel=0.5 / d16.steps)
 
@@ -107,7 +145,7 @@ def test_report_without_enough_sizes_says_nothing_was_fitted(micro):
     spec, out, _ = micro
     assert main(["sweep", "report", "--sweep", str(spec), "--out", str(out), "--bootstrap", "50"]) == 0
     report = (out / "report.md").read_text()
-    assert "| d16 |" in report and "nothing fitted" in report
+    assert "| id8 |" in report and "nothing fitted" in report
 
 
 def test_report_fits_plots_and_states_the_compute_optimal_size(tmp_path):
@@ -134,8 +172,9 @@ def test_report_fits_plots_and_states_the_compute_optimal_size(tmp_path):
 
 
 def test_emitted_jobs_have_one_entry_per_run_with_its_overrides(spec, tmp_path):
-    assert main(["sweep", "run", "--sweep", str(spec), "--out", "/scratch/micro", "--emit", "slurm", str(tmp_path)]) == 0
-    assert main(["sweep", "run", "--sweep", str(spec), "--out", "gs://b/micro", "--emit", "tpu", str(tmp_path)]) == 0
+    capacity = f"{spec}:capacity"
+    assert main(["sweep", "run", "--sweep", capacity, "--out", "/scratch/micro", "--emit", "slurm", str(tmp_path)]) == 0
+    assert main(["sweep", "run", "--sweep", capacity, "--out", "gs://b/micro", "--emit", "tpu", str(tmp_path)]) == 0
     slurm = (tmp_path / "sweep_micro.sbatch").read_text()
     assert "#SBATCH --array=0-1" in slurm
     cases = re.findall(r"^  (\d)\) NAME=(\w+); FLAGS=\((.*)\) ;;$", slurm, re.M)
@@ -179,8 +218,8 @@ def test_max_train_subjects_reads_the_first_k_train_records(micro):
     from headsup_jax.train.config import size_config
     from headsup_jax.train.data import train_source
 
-    _, out, _ = micro
-    dataset = (out / "data" / "BUILT").read_text()
+    spec, _, _ = micro
+    dataset = load_sweep(str(spec)).data.source
     config = size_config("tiny")
     full = load_source(dataset, "train")
     config.data.max_train_subjects = 3

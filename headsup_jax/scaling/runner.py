@@ -1,7 +1,9 @@
 """Running a sweep: locally in sequence (resuming, skipping finished runs), or as job files for clusters.
 
 Local layout: OUT/data (the shared synthetic dataset, generated once unless the sweep names one),
-OUT/RUN (a normal training workdir, then eval_test.json, train_final.json and run.json when finished).
+OUT/RUN (a normal training workdir, then eval_test.json, train_final.json and run.json when finished),
+OUT/costs.json (each distinct model's parameters and FLOPs per example, lowered once per sweep folder),
+OUT/jax_cache (a persistent compilation cache, unless one is set: runs of one model compile once).
 """
 from __future__ import annotations
 
@@ -52,12 +54,17 @@ def execute(sweep, out, eval_split: str | None = None, progress: bool = True) ->
 
     from headsup_jax.eval.evaluate import evaluate
 
-    out = epath.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    import jax
+
     from headsup_jax.train.data import split_sizes
 
+    out = epath.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not jax.config.jax_compilation_cache_dir:  # runs of one model (the identities axis) compile once
+        jax.config.update("jax_compilation_cache_dir", str(out / "jax_cache"))
+
     dataset = shared_dataset(sweep, out)
-    runs = plan(sweep, dataset, progress=progress)
+    runs = plan(sweep, dataset, progress=progress, cost_file=out / "costs.json")
     train_records = split_sizes(dataset)["train"]
     results = []
     bar = tqdm(runs, desc=f"sweep {sweep.name}", disable=not progress, dynamic_ncols=True)

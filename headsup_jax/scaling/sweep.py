@@ -11,7 +11,10 @@ import json
 import math
 import pathlib
 
+from etils import epath
+
 from headsup_jax.errors import ConfigError
+from headsup_jax.fileio import write_json_atomic
 from headsup_jax.scaling.cost import parameter_count, train_step_cost
 from headsup_jax.train.config import CONFIG_FILE, load_config
 
@@ -86,10 +89,23 @@ def _cost_key(config) -> str:
 _COSTS = {}  # flops (bool) -> {_cost_key: cost}: one lowering per distinct model a process
 
 
-def plan(sweep, data_source: str | None = None, progress: bool = False, flops: bool = True) -> list[Run]:
+def _load_costs(path) -> dict:
+    """The costs a sweep folder keeps (OUT/costs.json), when they were measured with this jax version."""
+    import jax
+
+    if path is None or not epath.Path(path).exists():
+        return {}
+    kept = json.loads(epath.Path(path).read_text())
+    return kept["costs"] if kept.get("jax") == jax.__version__ else {}
+
+
+def plan(sweep, data_source: str | None = None, progress: bool = False, flops: bool = True,
+         cost_file=None) -> list[Run]:
     """Every run of `sweep` with its parameters, FLOPs per example (cost analysis of the lowered train step
     from abstract shapes, once per distinct model; ~10-20 s each here; `flops=False`: parameters only, FLOPs
-    NaN, and compute-matched steps cannot be derived) and steps."""
+    NaN, and compute-matched steps cannot be derived) and steps. `cost_file` (OUT/costs.json): costs kept
+    from an earlier plan are read from it and new ones added, so a resumed sweep lowers nothing again."""
+    import jax
     from tqdm import tqdm
 
     cost = train_step_cost if flops else lambda c: dict(params=parameter_count(c), flops_per_example=math.nan)
@@ -97,12 +113,15 @@ def plan(sweep, data_source: str | None = None, progress: bool = False, flops: b
         raise ConfigError(f"sweep {sweep.name}: a compute-matched budget needs the FLOPs (plan with flops)")
 
     costs, runs = _COSTS.setdefault(flops, {}), []
+    if flops:
+        costs.update(_load_costs(cost_file))
+    lowered = False
     for name, overrides in tqdm(list(sweep.runs), desc="cost", disable=not progress):
         overrides = dict(overrides)
         config = run_config(sweep, overrides, data_source)
         key = _cost_key(config)
         if key not in costs:
-            costs[key] = cost(config)
+            costs[key], lowered = cost(config), True
         runs.append(Run(name, overrides, config, costs[key]["params"], costs[key]["flops_per_example"], sweep.steps))
     if sweep.budget == "compute":
         reference = next((r for r in runs if r.name == sweep.reference), None)
@@ -114,6 +133,10 @@ def plan(sweep, data_source: str | None = None, progress: bool = False, flops: b
         r.overrides["optim.total_steps"] = r.steps
         r.config.optim.total_steps = r.steps
         r.config.optim.warmup_steps = min(r.config.optim.warmup_steps, max(r.steps // 10, 1))
+    if flops and lowered and cost_file is not None:
+        keys = {_cost_key(r.config) for r in runs}
+        kept = {**_load_costs(cost_file), **{k: v for k, v in costs.items() if k in keys}}
+        write_json_atomic(cost_file, {"jax": jax.__version__, "costs": kept})
     return runs
 
 

@@ -40,13 +40,13 @@ class MaskFitSettings:
     template: str = "procedural"
     atlas_resolution: int = 32
     coarse_height: int = 16  # mask height (px) of the multi-start stage
-    fine_height: int = 32  # of the refinement (at most the captured height)
+    fine_height: int = 64  # of the refinement (at most the captured height)
     coarse_steps: int = 15
-    fine_steps: int = 40
+    fine_steps: int = 80
     coarse_stride: int = 4  # every 4th Gaussian, wider, in the multi-start stage
     fine_stride: int = 1
-    refine_starts: int = 2  # the best coarse starts refined
-    inset: float = 3.0  # tangent standard deviations (set for 32 px masks of a head filling most of the image)
+    refine_starts: int = 3  # the best coarse starts refined
+    inset: float = 1.25  # tangent standard deviations (set for 64 px masks of a head filling most of the image)
     identity_steps: int = 0  # then with the identity coefficients (templates that have them)
     identity_prior: float = 1e-4  # weight of mean(coefficients^2) against the mask loss
     lr: float = 0.03
@@ -224,10 +224,10 @@ def fit_masks(capture, cameras, settings: MaskFitSettings):
     final = np.asarray(coarse[-1])
     keep = np.argsort(final)[:settings.refine_starts]  # the front/back flip of a head often scores close
     masks, K = (jnp.asarray(a, jnp.float32) for a in load_masks(capture, settings.fine_height))
-    refined = [fitter.run(jax.tree.map(lambda a: a[k], params), starts[k], masks, K, w2c_n, settings.fine_steps,
-                          stride=settings.fine_stride) for k in keep]
-    i = int(np.argmin([float(h[-1]) for _, _, h in refined]))
-    best, (params, _, history) = int(keep[i]), refined[i]
+    params, _, fine = fitter.run(jax.tree.map(lambda a: a[keep], params), starts[keep], masks, K, w2c_n,
+                                 settings.fine_steps, stride=settings.fine_stride)  # the kept starts at once
+    i = int(np.argmin(np.asarray(fine[-1])))
+    best, params, history = int(keep[i]), jax.tree.map(lambda a: a[i], params), fine[:, i]
     identity = None
     if settings.identity_steps and fitter.deltas is not None:
         params, identity, history = fitter.run(params, starts[best], masks, K, w2c_n, settings.identity_steps, True,

@@ -165,7 +165,8 @@ def test_masks_recover_a_large_similarity_in_millimetres(moved_and_aligned):
 def test_reconstruction_of_the_aligned_capture_scores_as_the_original(moved_and_aligned, tmp_path_factory):
     """`headsup eval --data` of a trained run on the aligned capture is within 0.5 dB PSNR (head region and
     whole frame) of the same run on the original capture: the same views, the head where the model puts it.
-    The moved capture before alignment is scored too: far off (its head is nowhere near the template)."""
+    The moved capture before alignment is scored too: more than 2 dB away from the original in both (its head
+    is nowhere near the template, so the renders miss it: a nearly untrained run even scores higher there)."""
     from infer_helpers import shared_workdir
     from ml_collections import ConfigDict
 
@@ -178,6 +179,7 @@ def test_reconstruction_of_the_aligned_capture_scores_as_the_original(moved_and_
               for name, folder in (("original", original), ("aligned", aligned))}
     for metric in ("psnr", "psnr_head"):
         assert abs(scores["aligned"][metric] - scores["original"][metric]) < 0.5, (metric, scores)
-    undo_alignment(aligned / "synth_000000")  # the moved capture: the same run scores it far worse
+    undo_alignment(aligned / "synth_000000")  # the moved capture: the comparison above can tell
     moved = evaluate(config, workdir, data=aligned, num_subjects=1, num_targets=4)
-    assert moved["psnr_head"] < scores["original"]["psnr_head"] - 2.0, (moved["psnr_head"], scores)
+    for metric in ("psnr", "psnr_head"):
+        assert abs(moved[metric] - scores["original"][metric]) > 2.0, (metric, moved[metric], scores)

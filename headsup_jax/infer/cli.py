@@ -96,8 +96,15 @@ def add_animate(parser) -> None:
     parser.add_argument("--config", help="with --head and no --workdir: the config whose template and atlas the "
                         "head was fitted on (headsup fit --config)")
     _views_options(parser)
-    parser.add_argument("--blendshapes", required=True, help="anim.json (a list of {name: weight} per frame) or "
-                        "anim.csv (a header of names, e.g. a Live Link Face export)")
+    drive = parser.add_mutually_exclusive_group(required=True)
+    drive.add_argument("--blendshapes", help="anim.json (a list of {name: weight} per frame) or "
+                       "anim.csv (a header of names, e.g. a Live Link Face export)")
+    drive.add_argument("--drive", metavar="CAPTURE_DIR", help="driving images: one subject's frames (frame folders, "
+                       "or one capture), each regressed to coefficients by --regressor-workdir's model")
+    parser.add_argument("--regressor-workdir", help="--drive: the blendshape regressor's run (headsup train "
+                        "--config configs/regressor.py:tiny)")
+    parser.add_argument("--save-blendshapes", metavar="PATH", help="--drive: also write the regressed coefficients "
+                        "as an animation JSON file (what --blendshapes reads)")
     parser.add_argument("--method", default="rig", choices=["rig", "latent"],
                         help="rig: the Gaussians ride the template deformed by the blendshapes; latent: the "
                         "paper's latent expression model (--expression-workdir; the head from --capture)")
@@ -178,6 +185,39 @@ def _expression_model(expression_workdir, trained):
     return model, trained.model
 
 
+def _driving_frames(args):
+    """The --drive captures (None with --blendshapes), with the flags that go with --drive checked."""
+    from headsup_jax.errors import InputError
+
+    if args.drive is None:
+        given = [f for f, v in (("--regressor-workdir", args.regressor_workdir),
+                                ("--save-blendshapes", args.save_blendshapes)) if v is not None]
+        if given:
+            raise InputError(f"{' and '.join(given)} go with --drive (driving images), not --blendshapes")
+        return None
+    if args.regressor_workdir is None:
+        raise InputError("--drive needs --regressor-workdir DIR (a run of configs/regressor.py)")
+    if args.save_blendshapes is not None and not args.save_blendshapes.lower().endswith(".json"):
+        raise InputError(f"--save-blendshapes {args.save_blendshapes}: expected a .json file")
+    from headsup_jax.infer.drive import driving_frames
+
+    return driving_frames(args.drive)
+
+
+def _driven_coefficients(args, frames, template):
+    """Coefficients [F, E] of the --drive frames by the --regressor-workdir model (and --save-blendshapes)."""
+    from headsup_jax.infer.drive import drive_coefficients, write_animation
+    from headsup_jax.train.regressor import load_regressor
+
+    regressor = load_regressor(args.regressor_workdir)
+    coefficients = drive_coefficients(regressor, frames, template)
+    print(f"regressed {len(frames)} frames of {args.drive} (regressor step {regressor.step})")
+    if args.save_blendshapes is not None:
+        write_animation(args.save_blendshapes, coefficients, template.expression_names)
+        print(f"wrote {args.save_blendshapes}: {len(frames)} frames of {len(template.expression_names)} coefficients")
+    return coefficients
+
+
 def run_animate(args) -> None:
     import pathlib
 
@@ -198,19 +238,24 @@ def run_animate(args) -> None:
         from headsup_jax.errors import InputError
 
         raise InputError("--method latent needs --expression-workdir DIR (a run of configs/expression.py)")
+    driving = _driving_frames(args)  # before minutes of loading
     head, trained = _animation_head(args)
     if args.method == "latent":
         import functools
 
         method = functools.partial(method, expression=_expression_model(args.expression_workdir, trained))
-    animation = read_animation(args.blendshapes, head.template)
-    if animation.ignored:
-        print(f"{args.blendshapes}: ignored {', '.join(animation.ignored)}")
-    F = len(animation.coefficients)
+    if driving is None:
+        animation = read_animation(args.blendshapes, head.template)
+        if animation.ignored:
+            print(f"{args.blendshapes}: ignored {', '.join(animation.ignored)}")
+        coefficients = animation.coefficients
+    else:
+        coefficients = _driven_coefficients(args, driving, head.template)
+    F = len(coefficients)
     cameras = animate.frame_cameras(args.cameras, args.resolution, F)
     background = [float(v) for v in args.background.split(",")]
     folder = None if args.ply_sequence is None else pathlib.Path(args.ply_sequence)
-    frames = animate.animation_frames(head, animation.coefficients, method)
+    frames = animate.animation_frames(head, coefficients, method)
     render.write_video(animate.render_frames(frames, cameras, background, args.backend, folder), args.out, args.fps)
     print(f"wrote {args.out}: {F} frames {cameras[0].width}x{cameras[0].height} at {args.fps} fps "
           f"({args.method}, {args.cameras})" + (f"; {F} PLYs in {folder}/" if folder else ""))

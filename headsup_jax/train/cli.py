@@ -5,6 +5,8 @@
     headsup eval --workdir runs/tiny --data OTHER_DATASET_OR_CAPTURES [--views 8]
     headsup train --config configs/expression.py:tiny --config.base=runs/tiny --config.data.source=DIR \
         --workdir runs/expr   # the latent expression model on the frozen run runs/tiny (train/expression.py)
+    headsup train --config configs/regressor.py:tiny --config.data.source=DIR --workdir runs/regressor
+        # the blendshape regressor (driving images -> coefficients, train/regressor.py)
 Multi-host: `jax.distributed.initialize()` is automatic on TPU pods and SLURM; locally pass
 --coordinator=HOST:PORT --num_processes=N --process_id=I. The launchers pass --require_accelerator.
 Logging: headsup_jax at INFO, libraries at WARNING; `-v N` (absl --verbosity) sets every logger to N.
@@ -135,6 +137,13 @@ def _run(argv) -> None:
         from headsup_jax.train.expression import train_expression
 
         print(json.dumps({"final": train_expression(config, workdir)}, indent=2))
+    elif config.get("kind") == "regressor":  # configs/regressor.py: driving images -> blendshape coefficients
+        if command != "train":
+            raise ConfigError(f"{workdir}: a blendshape regressor run; `headsup {command}` evaluates HeadsUp runs "
+                              "(its held-out error is in heldout_error.json)")
+        from headsup_jax.train.regressor import train_regressor
+
+        print(json.dumps(train_regressor(config, workdir), indent=2))
     elif command == "train":
         from headsup_jax.train.loop import train
 

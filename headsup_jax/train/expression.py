@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from headsup_jax.data.capture import find_captures, load_capture
@@ -37,7 +36,8 @@ from headsup_jax.train import losses
 from headsup_jax.train.checkpoint import Checkpointer
 from headsup_jax.train.objective import composite_on_background, render_views
 from headsup_jax.train.optim import make_optimizer, step_learning_rate
-from headsup_jax.train.workdir import check_config, check_writable, save_config, workdir_path
+from headsup_jax.train.workdir import (check_config, check_writable, load_kind_config, restore_newest, save_config,
+                                      workdir_path)
 
 log = logging.getLogger(__name__)
 
@@ -221,20 +221,8 @@ def load_expression(workdir, trained=None):
     from headsup_jax.infer.trained import load_trained
 
     workdir = workdir_path(workdir)
-    path = workdir / "config.json"
-    if not path.exists():
-        raise ConfigError(f"{path}: not found; --expression-workdir must be an expression model run's folder")
-    config = ConfigDict(json.loads(path.read_text()))
-    if config.get("kind") != "expression":
-        raise ConfigError(f"{path}: not an expression model run (train one with configs/expression.py)")
+    config = load_kind_config(workdir, "expression", "--expression-workdir", "configs/expression.py")
     trained = trained or load_trained(config.base)
     model = new_expression_model(config, trained.config, len(trained.template.expression_names))
-    graphdef, state = nnx.split((model, nnx.Optimizer(model, make_optimizer(config.optim), wrt=nnx.Param)))
-    ckpt = Checkpointer(workdir, config.checkpoint.every, config.checkpoint.keep)
-    try:
-        if ckpt.latest_step is None:
-            raise ConfigError(f"{workdir}: no checkpoint to load (train first)")
-        _, state = ckpt.restore(state)
-    finally:
-        ckpt.close()
-    return nnx.merge(graphdef, state)[0], config, trained
+    _, model = restore_newest(workdir, config, model, make_optimizer(config.optim))
+    return model, config, trained

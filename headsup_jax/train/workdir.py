@@ -34,6 +34,35 @@ def workdir_path(path) -> epath.Path:
     return epath.Path(path)
 
 
+def load_kind_config(workdir, kind: str, flag: str, config_file: str) -> ConfigDict:
+    """The config.json of a run of `kind` (an expression or regressor run), refused naming `flag` (the
+    option that gave the folder) and `config_file` (what trains one) when it is missing or another kind."""
+    path = workdir_path(workdir) / "config.json"
+    if not path.exists():
+        raise ConfigError(f"{path}: not found; {flag} must be the folder of a run of {config_file}")
+    config = ConfigDict(json.loads(path.read_text()))
+    if config.get("kind") != kind:
+        raise ConfigError(f"{path}: not a run of {config_file} (kind {config.get('kind')!r}, expected {kind!r})")
+    return config
+
+
+def restore_newest(workdir, config, model, optimizer) -> tuple[int, object]:
+    """(step, model) of (model, optimizer) restored from the newest checkpoint of `workdir`."""
+    from flax import nnx
+
+    from headsup_jax.train.checkpoint import Checkpointer
+
+    graphdef, state = nnx.split((model, nnx.Optimizer(model, optimizer, wrt=nnx.Param)))
+    ckpt = Checkpointer(workdir, config.checkpoint.every, config.checkpoint.keep)
+    try:
+        if ckpt.latest_step is None:
+            raise ConfigError(f"{workdir}: no checkpoint to load (train first)")
+        step, state = ckpt.restore(state)
+    finally:
+        ckpt.close()
+    return step, nnx.merge(graphdef, state)[0]
+
+
 def resolve_template(config) -> ConfigDict:
     """A copy of `config` with template "auto" resolved (the ICT-FaceKit archive when present, else the
     built-in procedural head), so what is saved says which template the run used."""

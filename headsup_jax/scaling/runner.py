@@ -50,12 +50,10 @@ def _train(run: Run, workdir: epath.Path) -> dict:
 def execute(sweep, out, eval_split: str | None = None, progress: bool = True) -> list[dict]:
     """Runs every run of `sweep` in OUT/RUN_NAME in sequence -> their run.json contents. A run with a
     run.json is skipped; an interrupted one resumes from its checkpoint (the train loop's own resume)."""
+    import jax
     from tqdm import tqdm
 
     from headsup_jax.eval.evaluate import evaluate
-
-    import jax
-
     from headsup_jax.train.data import split_sizes
 
     out = epath.Path(out)

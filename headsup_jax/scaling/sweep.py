@@ -112,14 +112,15 @@ def plan(sweep, data_source: str | None = None, progress: bool = False, flops: b
     if sweep.budget == "compute" and not flops:
         raise ConfigError(f"sweep {sweep.name}: a compute-matched budget needs the FLOPs (plan with flops)")
 
-    costs, runs = _COSTS.setdefault(flops, {}), []
-    if flops:
-        costs.update(_load_costs(cost_file))
+    costs, runs, keys = _COSTS.setdefault(flops, {}), [], set()
+    stored = _load_costs(cost_file) if flops else {}
+    costs.update(stored)
     lowered = False
     for name, overrides in tqdm(list(sweep.runs), desc="cost", disable=not progress):
         overrides = dict(overrides)
         config = run_config(sweep, overrides, data_source)
         key = _cost_key(config)
+        keys.add(key)
         if key not in costs:
             costs[key], lowered = cost(config), True
         runs.append(Run(name, overrides, config, costs[key]["params"], costs[key]["flops_per_example"], sweep.steps))
@@ -134,8 +135,7 @@ def plan(sweep, data_source: str | None = None, progress: bool = False, flops: b
         r.config.optim.total_steps = r.steps
         r.config.optim.warmup_steps = min(r.config.optim.warmup_steps, max(r.steps // 10, 1))
     if flops and lowered and cost_file is not None:
-        keys = {_cost_key(r.config) for r in runs}
-        kept = {**_load_costs(cost_file), **{k: v for k, v in costs.items() if k in keys}}
+        kept = {**stored, **{k: v for k, v in costs.items() if k in keys}}
         write_json_atomic(cost_file, {"jax": jax.__version__, "costs": kept})
     return runs
 

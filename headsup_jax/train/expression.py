@@ -33,11 +33,10 @@ from headsup_jax.errors import ConfigError, InputError
 from headsup_jax.geometry import expression_coefficients
 from headsup_jax.model.expression import ExpressionModel
 from headsup_jax.train import losses
-from headsup_jax.train.checkpoint import Checkpointer
 from headsup_jax.train.objective import composite_on_background, render_views
 from headsup_jax.train.optim import make_optimizer, step_learning_rate
-from headsup_jax.train.workdir import (check_config, check_writable, load_kind_config, restore_newest, save_config,
-                                      workdir_path)
+from headsup_jax.train.workdir import (check_config, check_writable, load_kind_config, restore_newest, resumable_state,
+                                      save_config, workdir_path)
 
 log = logging.getLogger(__name__)
 
@@ -183,12 +182,7 @@ def train_expression(config, workdir, progress: bool = True, trained=None) -> di
     E = pairs.coefficients.shape[1]
     tx = make_optimizer(config.optim)
     model = new_expression_model(config, trained.config, E)
-    graphdef, state = nnx.split((model, nnx.Optimizer(model, tx, wrt=nnx.Param)))
-    ckpt = Checkpointer(workdir, config.checkpoint.every, config.checkpoint.keep)
-    start = 0
-    if ckpt.latest_step is not None:
-        start, state = ckpt.restore(state)
-        log.info("resumed from step %d", start)
+    graphdef, state, ckpt, start = resumable_state(workdir, config, model, tx)
     save_config(config, workdir)
     base_def, base_state = nnx.split(trained.model)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # committed alike before and after a step:

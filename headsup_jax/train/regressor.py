@@ -34,15 +34,15 @@ from headsup_jax.errors import ConfigError, InputError
 from headsup_jax.fileio import write_json_atomic
 from headsup_jax.geometry import expression_coefficients, load_template
 from headsup_jax.model.blendshape_regressor import BlendshapeRegressor
-from headsup_jax.train.checkpoint import Checkpointer
 from headsup_jax.train.optim import make_optimizer, step_learning_rate
 from headsup_jax.train.workdir import (check_config, check_writable, load_kind_config, resolve_template, restore_newest,
-                                      save_config, workdir_path)
+                                      resumable_state, save_config, workdir_path)
 
 log = logging.getLogger(__name__)
 
 LOSSES = {"mse": lambda err: jnp.mean(jnp.square(err)), "l1": lambda err: jnp.mean(jnp.abs(err))}
-SAME_RUN_KEYS = ("kind", "data.num_views", "data.image_size", "data.face_crop")  # beside workdir.STATE_KEYS: the model's shapes
+# beside workdir.STATE_KEYS: what the model's shapes and inputs depend on
+SAME_RUN_KEYS = ("kind", "data.num_views", "data.image_size", "data.face_crop")
 PREDICTORS = ("regressor", "mean_predictor", "median_predictor")  # compared in heldout_error.json
 PREDICT_BATCH = 32  # frames a call of the jitted regressor at evaluation and driving time
 
@@ -321,12 +321,7 @@ def train_regressor(config, workdir, progress: bool = True) -> dict:
              len({n.split("/")[0] for n in test.names}))
     tx = make_optimizer(config.optim)
     model = new_regressor(config, template.expression_names, start=train.coefficients.mean(0))
-    graphdef, state = nnx.split((model, nnx.Optimizer(model, tx, wrt=nnx.Param)))
-    ckpt = Checkpointer(workdir, config.checkpoint.every, config.checkpoint.keep)
-    start = 0
-    if ckpt.latest_step is not None:
-        start, state = ckpt.restore(state)
-        log.info("resumed from step %d", start)
+    graphdef, state, ckpt, start = resumable_state(workdir, config, model, tx)
     save_config(config, workdir)
     write_json_atomic(workdir / "views.json", {"num_views": V, "directions": directions.tolist()})
     step_fn = train_step(graphdef, config.loss)

@@ -46,20 +46,30 @@ def load_kind_config(workdir, kind: str, flag: str, config_file: str) -> ConfigD
     return config
 
 
-def restore_newest(workdir, config, model, optimizer) -> tuple[int, object]:
-    """(step, model) of (model, optimizer) restored from the newest checkpoint of `workdir`."""
+def resumable_state(workdir, config, model, optimizer):
+    """(graphdef, state of (model, nnx.Optimizer), Checkpointer, step) of `model` and `optimizer`, restored
+    from the newest checkpoint of `workdir` when it has one (step 0 otherwise; the caller closes it)."""
     from flax import nnx
 
     from headsup_jax.train.checkpoint import Checkpointer
 
     graphdef, state = nnx.split((model, nnx.Optimizer(model, optimizer, wrt=nnx.Param)))
     ckpt = Checkpointer(workdir, config.checkpoint.every, config.checkpoint.keep)
-    try:
-        if ckpt.latest_step is None:
-            raise ConfigError(f"{workdir}: no checkpoint to load (train first)")
+    step = 0
+    if ckpt.latest_step is not None:
         step, state = ckpt.restore(state)
-    finally:
-        ckpt.close()
+        log.info("resumed from step %d", step)
+    return graphdef, state, ckpt, step
+
+
+def restore_newest(workdir, config, model, optimizer) -> tuple[int, object]:
+    """(step, model) of (model, optimizer) restored from the newest checkpoint of `workdir`."""
+    from flax import nnx
+
+    graphdef, state, ckpt, step = resumable_state(workdir, config, model, optimizer)
+    ckpt.close()
+    if step == 0:
+        raise ConfigError(f"{workdir}: no checkpoint to load (train first)")
     return step, nnx.merge(graphdef, state)[0]
 
 

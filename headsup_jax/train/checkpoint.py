@@ -49,6 +49,8 @@ class Checkpointer:
             self.root, options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
                                                             enable_async_checkpointing=True,
                                                             cleanup_tmp_directories=True))
+        if self.interrupted:  # Orbax removes them in a thread that only its save awaits: a restore would see them
+            self.manager._maybe_await_cleanup_tmp_directory()
         self._unsealed = []  # steps saved here whose manifest is not written yet (their save may be in flight)
 
     def _data_folder(self, step: int) -> epath.Path:

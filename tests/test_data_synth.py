@@ -17,7 +17,7 @@ from headsup_jax.data.appearance import paint, texel_basis
 from headsup_jax.data.capture import load_capture
 from headsup_jax.data.pipeline import PipelineConfig, make_pipeline
 from headsup_jax.data.raycast import MeshRenderer, Surface, _rays, sample_texture
-from headsup_jax.data.synth import STAGES, Generator, SynthConfig, generate, subject_name
+from headsup_jax.data.synth import STAGES, Generator, SynthConfig, generate, sample_expression, subject_name
 from headsup_jax.geometry import load_template
 from headsup_jax.data.tfds_builder import build_dataset, load_source
 from headsup_jax.data.views import ViewSpec
@@ -80,6 +80,24 @@ def test_expression_frames(tmp_path):
     assert generate(tmp_path, 1, cfg, progress=False) == 0  # finished subjects are skipped
     with pytest.raises(ValueError, match="was generated with"):
         generate(tmp_path, 1, dataclasses.replace(cfg, seed=2), progress=False)
+
+
+def test_expression_frames_keep_the_light_and_sample_every_shape_the_template_drives(tmp_path):
+    cfg = SynthConfig(rig="random3", resolution=48, seed=3, texture_resolution=64, frames=2)
+    generate(tmp_path, 1, cfg, progress=False)
+    frames = [tmp_path / subject_name(0) / f"frame_{f:02d}" for f in range(2)]
+    for cam in ("cam00", "cam01", "cam02"):
+        rgb, depth = ([np.asarray(Image.open(folder / sub / f"{cam}.png"), np.int32) for folder in frames]
+                      for sub in ("images", "depth"))
+        still = (depth[0] == depth[1]) & (depth[0] > 0)  # head pixels the expression does not move
+        assert still.sum() > 100
+        assert (np.abs(rgb[0] - rgb[1]).max(-1)[still] <= 1).mean() > 0.9  # same light: same colours there
+    template = load_template("procedural")
+    rng = np.random.default_rng(0)
+    drawn = set().union(*(sample_expression(template, rng) for _ in range(400)))
+    assert drawn == {"jawOpen", "jawLeft", "jawRight", "mouthPucker", "cheekPuff", "browInnerUp", "mouthSmileLeft",
+                     "mouthSmileRight", "eyeBlinkLeft", "eyeBlinkRight", "eyeWideLeft", "eyeWideRight",
+                     "browDownLeft", "browDownRight"}  # ARKit names, the sided ones included
 
 
 def _bbox(points_u, points_v):

@@ -1,4 +1,6 @@
 """Anchoring Gaussians to the template and the blendshape rig."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -180,6 +182,13 @@ def test_expression_coefficients_by_name(proc):
     assert c.shape == (len(names),) and c[names.index("jawOpen")] == 0.5 and c[names.index("eyeBlink_R")] == 1
     assert c.sum() == 1.5
     np.testing.assert_array_equal(expression_coefficients(proc, c), c)
+    arkit = expression_coefficients(proc, {"JawOpen": 0.5, "eyeBlinkRight": 1.0})  # ARKit spellings (capture files)
+    np.testing.assert_array_equal(arkit, c)
+    split = dataclasses.replace(proc, expression_names=tuple(n if n != "cheekPuff" else "cheekPuff_L" for n in names)
+                                + ("cheekPuff_R",), expression_deltas=np.concatenate([proc.expression_deltas,
+                                                                                        proc.expression_deltas[:1]]))
+    both = expression_coefficients(split, {"cheekPuff": 0.7})  # an ARKit name the template splits drives both sides
+    assert both[names.index("cheekPuff")] == both[-1] == np.float32(0.7) and both.sum() == np.float32(1.4)
     with pytest.raises(ValueError, match="unknown expression names \\['jawOpn'\\]; valid names: .*jawOpen"):
         expression_coefficients(proc, {"jawOpn": 1.0})
     with pytest.raises(ValueError, match="outside \\[0, 1\\].*jawOpen.*allow_out_of_range"):

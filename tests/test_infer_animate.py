@@ -19,8 +19,9 @@ from headsup_jax.errors import InputError
 from headsup_jax.export.ply import load_ply, save_ply
 from headsup_jax.geometry import anchor, build_atlas, deform
 from headsup_jax.geometry.procedural import MOUTH_Y, procedural_template
+from headsup_jax.geometry.rig import template_channels
 from headsup_jax.infer.animate import HeadFileError, animate, animate_rig, neutral_head
-from headsup_jax.infer.blendshape_files import AnimationFileError, read_animation, template_channels
+from headsup_jax.infer.blendshape_files import AnimationFileError, read_animation
 
 FIELDS = ("means", "quats", "scales", "opacities", "sh")
 

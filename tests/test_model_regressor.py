@@ -17,7 +17,7 @@ from headsup_jax.geometry import load_template
 from headsup_jax.model.blendshape_regressor import BlendshapeRegressor
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SUBJECTS, FRAMES, SIZE, STEPS = 8, 4, (32, 24), 150
+SUBJECTS, FRAMES, SIZE, STEPS = 8, 4, (32, 24), 250
 
 
 @pytest.fixture(scope="module")

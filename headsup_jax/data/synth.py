@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from headsup_jax.data.appearance import paint, texel_basis, uv_per_metre
 from headsup_jax.geometry.features import anchor_points, feature_anchors
+from headsup_jax.geometry.rig import canonical, template_channels
 from headsup_jax.data.blendshapes import ARKIT_BLENDSHAPES
 from headsup_jax.data.capture import CameraSpec, write_capture
 from headsup_jax.data.io import encode_png, write_json_atomic
@@ -63,8 +64,10 @@ def sample_lighting(rng: np.random.Generator) -> Lighting:
 
 
 def sample_expression(template, rng: np.random.Generator) -> dict:
-    """A sparse random expression: 1 to 3 of the template's ARKit blendshapes with weights in [0.3, 1]."""
-    names = [n for n in template.expression_names if n in ARKIT_BLENDSHAPES]
+    """A sparse random expression: 1 to 3 of the ARKit blendshapes the template drives (by any spelling:
+    eyeBlinkLeft drives ICT-FaceKit's eyeBlink_L), with weights in [0.3, 1], keyed by ARKit name."""
+    channels = template_channels(template)
+    names = [n for n in ARKIT_BLENDSHAPES if canonical(n) in channels]
     picks = rng.choice(len(names), min(len(names), int(rng.integers(1, 4))), replace=False)
     return {names[i]: float(rng.uniform(0.3, 1.0)) for i in sorted(picks)}
 
@@ -145,8 +148,8 @@ class Generator:
         clock("paint")
         cams = self.cameras(index)
         views = 0
+        lighting = sample_lighting(rng)  # one studio for all frames: an expression frame differs only in shape
         for frame in range(c.frames):
-            lighting = sample_lighting(rng)
             expression = sample_expression(t, rng) if frame else {}
             surface = Surface(self.vertices(identity, expression), t.faces[self.basis.faces], self.basis.corner_uvs,
                               texture)

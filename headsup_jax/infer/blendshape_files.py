@@ -26,6 +26,7 @@ import numpy as np
 
 from headsup_jax.data.blendshapes import ARKIT_BLENDSHAPES
 from headsup_jax.errors import InputError
+from headsup_jax.geometry.rig import canonical, template_channels
 from headsup_jax.limits import check_file_size
 
 # columns of face-capture exports that are not blendshape weights (compared in canonical form)
@@ -41,31 +42,6 @@ class AnimationFileError(InputError):
 class Animation:
     coefficients: np.ndarray  # [F, E] float32, in the order of template.expression_names
     ignored: list[str]  # names in the file that drive nothing (with why), in file order
-
-
-def canonical(name: str) -> str:
-    """'eyeBlinkLeft', 'EyeBlinkLeft', 'eyeBlink_L' -> 'eyeblinkl': lower case, no separators, Left/Right -> l/r."""
-    c = name.strip().lower().replace("_", "").replace("-", "").replace(" ", "")
-    for side in ("left", "right"):
-        if c.endswith(side) and len(c) > len(side):
-            return c[:-len(side)] + side[0]
-    return c
-
-
-def template_channels(template) -> dict[str, list[int]]:
-    """Canonical name -> indices into template.expression_names it drives (an ARKit name the template
-    splits into _L and _R drives both)."""
-    channels: dict[str, list[int]] = {}
-    for i, name in enumerate(template.expression_names):
-        key = canonical(name)
-        if key in channels:
-            raise InputError(f"{template.name}: expression names {template.expression_names[channels[key][0]]!r} "
-                             f"and {name!r} are the same name to animation files")
-        channels[key] = [i]
-    for arkit in map(canonical, ARKIT_BLENDSHAPES):
-        if arkit not in channels and arkit + "l" in channels and arkit + "r" in channels:
-            channels[arkit] = channels[arkit + "l"] + channels[arkit + "r"]
-    return channels
 
 
 def _weight(value, path, frame: str, name: str) -> float:

@@ -15,8 +15,8 @@ Methods, each rendered in the target views of every expression frame:
   latent   the same through the latent expression model (`animate_latent`);
   direct   a reconstruction from the expression frame's own input views (the upper reference);
 and a reference that needs no model, "frame_00 truth": the neutral frame's ground-truth images of the same
-views, what a perfect unanimated head would score (the synthetic frames are lit anew each frame, so this is
-below a perfect score even where no shape moves).
+views, what a perfect unanimated head would score (a subject keeps one light in all its frames, so this
+differs from the truth only where the expression moves the surface).
 
 Metrics: PSNR and SSIM (`train.metrics`), renders and targets composited on the base run's loss background
 as the eval protocol does, over the whole frame, the head region (`eval.metrics.head_region`: the target's
@@ -26,9 +26,11 @@ and the frame's coefficients) projected into the target view: the box of pixel i
 group's landmarks, grown by round(REGION_MARGIN x image height) pixels (at least 1) on every side and
 clipped to the image; the eye region is the union of the two eyes' boxes. Boxes ignore occlusion (a far
 eye's box in a side view covers the nose in front of it); a group with a landmark behind the camera has
-no box. A view where a region is empty is left out of that region's means. Means are over subjects x
-expression frames x target views; the per-frame table lists every frame, and a second table keeps only
-the frames whose true landmarks of the region move (more than MOVED from neutral, mean over the group).
+no box. A view where a region is empty is left out of that region's means. PSNR is capped at PSNR_CAP (a
+region the expression leaves untouched is identical in frame_00's images: infinite PSNR). Means are over
+subjects x expression frames x target views; the per-frame table lists every frame, and a second table
+keeps only the frames that move the region (a landmark of its group moves more than MOVED from neutral:
+the farthest, so a one-sided blink counts).
 """
 from __future__ import annotations
 
@@ -47,7 +49,8 @@ ROWS = METHODS + ("frame_00 truth",)  # and a reference: the neutral frame's own
 REGIONS = ("whole", "head", "mouth", "eyes")
 LANDMARK_GROUPS = {"mouth": (range(48, 68),), "eyes": (range(36, 42), range(42, 48))}  # 68-point indices
 REGION_MARGIN = 0.03  # x image height: pixels the landmarks' box grows by on each side (2 px at 64)
-MOVED = 0.002  # metres: a frame moves a region when its landmarks move farther than this from neutral
+MOVED = 0.002  # metres: a frame moves a region when one of its landmarks moves farther than this from neutral
+PSNR_CAP = 60.0  # dB: per image and region, so identical pixels do not make a mean infinite
 
 
 def project_pixels(points, K, world_to_cam) -> tuple[np.ndarray, np.ndarray]:
@@ -85,10 +88,10 @@ def region_masks(landmarks, vertices, K, world_to_cam, height: int, width: int) 
 
 
 def landmark_motion(landmarks, neutral, vertices) -> dict:
-    """region -> mean distance (metres) its landmarks move between two vertex sets [V, 3]."""
+    """region -> the farthest distance (metres) one of its landmarks moves between two vertex sets [V, 3]."""
     lm = np.asarray(landmarks)
     move = np.linalg.norm(np.asarray(vertices) - np.asarray(neutral), axis=-1)  # [V]
-    return {name: float(np.mean(move[lm[np.concatenate([list(g) for g in groups])]]))
+    return {name: float(np.max(move[lm[np.concatenate([list(g) for g in groups])]]))
             for name, groups in LANDMARK_GROUPS.items()}
 
 
@@ -202,11 +205,17 @@ def evaluate_subject(trained, expression, functions, generator, index: int, fram
         region = np.broadcast_to(region, masks.shape)
         metrics["psnr", name] = np.asarray(psnr(compared, truth, region))
         metrics["ssim", name] = np.asarray(ssim(compared, truth, region))
+    metrics = cap_psnr(metrics)
     centres = camera_centre(tw[0].astype(np.float64)) - np.asarray(TARGET)  # [T, 3] seen from the head
     return {"metrics": metrics, "regions": regions, "motion": motion, "renders": rgb, "targets": target,
             "frontal": int(np.argmax(centres[:, 2] / np.linalg.norm(centres, axis=-1))),
             "blendshapes": [c.blendshapes or {} for c in frames[1:]],
             "names": [f"{c.subject}/{c.frame}" for c in frames[1:]]}
+
+
+def cap_psnr(metrics: dict) -> dict:
+    """{(metric, region): [5, F, T]} with every PSNR at most PSNR_CAP (SSIM untouched)."""
+    return {k: np.minimum(v, PSNR_CAP) if k[0] == "psnr" else v for k, v in metrics.items()}
 
 
 def valid(results, region: str) -> np.ndarray:
@@ -246,7 +255,7 @@ def moving_table(results) -> str:
 
 def frame_table(results) -> str:
     short = "/".join(m[0] for m in ROWS)
-    lines = [f"| frame | expression | mouth moves (mm) | PSNR mouth {short} | PSNR eyes {short} |",
+    lines = [f"| frame | expression | moves (mm, farthest landmark) mouth / eyes | PSNR mouth {short} | PSNR eyes {short} |",
              "|---|---|---|---|---|"]
     for r in results:
         for f, name in enumerate(r["names"]):
@@ -256,7 +265,7 @@ def frame_table(results) -> str:
                 ok = r["regions"][region][f].sum((-2, -1)) > 0  # [T]
                 values = r["metrics"]["psnr", region][:, f][:, ok]  # [5, T']
                 cells.append(" / ".join(f"{v:.1f}" for v in values.mean(-1)) if ok.any() else "-")
-            lines.append(f"| {name} | {expression} | {1000 * r['motion'][f]['mouth']:.1f} | {cells[0]} | {cells[1]} |")
+            lines.append(f"| {name} | {expression} | {1000 * r['motion'][f]['mouth']:.1f} / {1000 * r['motion'][f]['eyes']:.1f} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 

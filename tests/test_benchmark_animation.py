@@ -74,6 +74,27 @@ def test_feature_regions_are_the_landmarks_boxes_grown_and_clipped():
 FIELDS = ("means", "quats", "scales", "opacities", "sh")
 
 
+def test_a_region_moves_by_its_farthest_landmark_and_identical_pixels_score_the_cap():
+    """A one-sided blink moving 4 of the 12 eye landmarks by 3 mm moves the eyes by 3 mm (a mean would say
+    1 mm, under MOVED); a region an expression leaves untouched scores PSNR_CAP, not infinity."""
+    bench = load_benchmark()
+    landmarks = np.arange(68) * 2  # vertex index of each landmark
+    neutral = np.random.default_rng(1).normal(size=(200, 3))
+    moved = neutral.copy()
+    moved[landmarks[[37, 38, 40, 41]], 1] -= 0.003  # the left eye's lids close (metres)
+    motion = bench.landmark_motion(landmarks, neutral, moved)
+    assert abs(motion["eyes"] - 0.003) < 1e-12 and motion["mouth"] == 0.0, motion
+    assert motion["eyes"] > bench.MOVED
+    from headsup_jax.train.metrics import psnr
+    image = np.full((2, 8, 6, 3), 0.5, np.float32)
+    other = image + np.array([0, 0.1], np.float32)[:, None, None, None]  # the second differs by 0.1: 20 dB
+    scores = np.asarray(psnr(other, image, np.ones((2, 8, 6))))
+    assert np.isinf(scores[0])  # why the benchmark caps it
+    capped = bench.cap_psnr({("psnr", "mouth"): scores, ("ssim", "mouth"): np.array([1.0, 0.5])})
+    np.testing.assert_allclose(capped["psnr", "mouth"], [bench.PSNR_CAP, 20.0], rtol=1e-5)
+    np.testing.assert_array_equal(capped["ssim", "mouth"], [1.0, 0.5])
+
+
 def test_cli_latent_route_writes_the_expression_models_decoded_frames(tmp_path, capsys, base,  # noqa: F811
                                                                       expression_run):  # noqa: F811
     from headsup_jax.data.capture import load_capture

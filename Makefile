@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/headsup eval --workdir outputs/demo --split test --subjects 64 --targets 4
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=30 tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/render.py

@@ -1,6 +1,7 @@
 """Alignment error over random similarities, as a markdown table.
 
     python benchmarks/align.py [--transforms 10] [--resolution 64] [--rig frontal16] [--seed 0] [--identity]
+        [--template procedural] [--atlas-resolution 32]
     python benchmarks/align.py --workdir outputs/demo [--transforms 3] [--picture docs/align/reconstruction.png]
 
 One synthetic subject (the template's mean head; --identity: its own random identity, whose head size
@@ -87,7 +88,7 @@ def error_table(rows) -> str:
 
 def error_rows(args) -> list:
     """Alignment errors of the mean head (or, --identity, its own) moved by args.transforms similarities."""
-    gen = Generator(SynthConfig(rig=args.rig, resolution=args.resolution, seed=args.seed))
+    gen = Generator(SynthConfig(rig=args.rig, resolution=args.resolution, seed=args.seed, template=args.template))
     if not args.identity:
         gen.identity = lambda index: None  # the template's own shape: the true alignment is exact
     rng = np.random.default_rng(args.seed)
@@ -101,7 +102,8 @@ def error_rows(args) -> list:
             shutil.copytree(original.with_name("subject"), folder)
             move = random_similarity(rng)
             move_capture(folder, move)
-            estimate, info = align_capture(folder, "masks", settings=MaskFitSettings())
+            settings = MaskFitSettings(template=args.template, atlas_resolution=args.atlas_resolution)
+            estimate, info = align_capture(folder, "masks", settings=settings)
             deg, mm, pct = errors(estimate, move.inverse())
             rows.append((k, rotation_angle_degrees(move.rotation), np.linalg.norm(move.translation) / 1000,
                          deg, mm, pct, info["seconds"]))
@@ -151,7 +153,8 @@ def reconstruction_table(args) -> str:
             write_transforms(moved, tmp / f"nerf_{k}")
             aligned = tmp / f"aligned_{k}"
             import_capture("nerf", tmp / f"nerf_{k}" / "transforms.json", aligned / subject_name(index))
-            align_capture(aligned / subject_name(index), "masks", settings=MaskFitSettings(template=template))
+            settings = MaskFitSettings(template=template, atlas_resolution=args.atlas_resolution)
+            align_capture(aligned / subject_name(index), "masks", settings=settings)
             deg, mm = camera_errors(aligned / subject_name(index), tmp / "original" / subject_name(index))
             score = evaluate(config, workdir, data=aligned, num_subjects=1, num_targets=4)
             grids.append(Image.open(workdir / f"eval_aligned_{k}.png").convert("RGB"))
@@ -175,6 +178,8 @@ def main(argv=None) -> None:
     ap.add_argument("--resolution", type=int, default=64)
     ap.add_argument("--rig", default="frontal16")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--template", default="procedural", help="head template of the moved subject (not with --workdir)")
+    ap.add_argument("--atlas-resolution", type=int, default=32, help="of the silhouette Gaussians (ICT-FaceKit: 64)")
     ap.add_argument("--identity", action="store_true", help="the subject's own identity (default: mean head)")
     ap.add_argument("--workdir", help="a trained run: score its reconstructions of aligned captures instead")
     ap.add_argument("--picture", help="with --workdir: the stacked render/target grids (PNG)")

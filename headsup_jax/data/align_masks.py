@@ -12,6 +12,11 @@ difference of the rendered alpha and the mask. Nothing assumes the head is near 
 3. fine: the `refine_starts` best starts (a head turned front-to-back has a similar coarse silhouette
    from a frontal rig), masks at `fine_height` px, Gaussians set `inset` inward; the lowest loss wins;
    then optionally the template's identity coefficients too (N(0, 1) prior).
+
+Splats centred on the surface draw a silhouette larger than the mesh's (their tails reach past the
+outline, most at the grazing rim and at open boundaries such as ICT-FaceKit's neck cut), which biases the
+fitted scale low. `calibrated_inset` moves them inward by the amount at which the template's splat
+silhouette covers as many pixels as its ray-cast mesh (`data.raycast.mesh_coverage`) in the frontal16 rig.
 """
 from __future__ import annotations
 
@@ -46,7 +51,9 @@ class MaskFitSettings:
     coarse_stride: int = 4  # every 4th Gaussian, wider, in the multi-start stage
     fine_stride: int = 1
     refine_starts: int = 3  # the best coarse starts refined
-    inset: float = 1.25  # tangent standard deviations (set for 64 px masks of a head filling most of the image)
+    inset: float | None = None  # tangent standard deviations; None: `calibrated_inset` at fine_height
+    eps2d: float = 0.01  # px^2 added to each splat's 2D covariance (the renderer's 0.3 low-pass filter
+    #                      piles up at the rim into a ~1 px halo at any atlas size: 19 % more area at 64 px)
     identity_steps: int = 0  # then with the identity coefficients (templates that have them)
     identity_prior: float = 1e-4  # weight of mean(coefficients^2) against the mask loss
     lr: float = 0.03
@@ -94,7 +101,7 @@ def load_masks(capture, height: int):
     return np.stack(masks), np.stack(Ks)
 
 
-def silhouette(gaussians, camera):
+def silhouette(gaussians, camera, eps2d: float = 0.3):
     """The renderer's accumulated opacity 1 - prod(1 - alpha_i) at every pixel centre. [H, W]
 
     Accumulated opacity does not depend on the depth order, so a silhouette needs no sorting or tiles:
@@ -105,7 +112,7 @@ def silhouette(gaussians, camera):
     from headsup_jax.render.composite import CompositingRules, gaussian_alpha
 
     rules = CompositingRules()
-    proj = project(gaussians, camera, alpha_min=rules.min_alpha)
+    proj = project(gaussians, camera, eps2d=eps2d, alpha_min=rules.min_alpha)
     opacity = jnp.where(proj.visible, gaussians.opacities, 0.0)
     H, W = camera.height, camera.width
     py, px = (a.reshape(1, -1) + 0.5 for a in jnp.meshgrid(jnp.arange(H), jnp.arange(W), indexing="ij"))
@@ -113,6 +120,34 @@ def silhouette(gaussians, camera):
             opacity[:, None]]
     alpha, _, _, _ = gaussian_alpha(rows, px, py, rules)  # [G, H * W]
     return (1.0 - jnp.exp(jnp.sum(jnp.log1p(-alpha), 0))).reshape(H, W)
+
+
+def calibrated_inset(template, atlas, height: int, eps2d: float, iterations: int = 12) -> float:
+    """The inset (tangent standard deviations, in [0, 4]) at which the template's splats cover as many pixels
+    as its mesh (the atlas's faces, ray-cast) over the frontal16 rig at `height` px, by bisection (the
+    covered area shrinks as the inset grows)."""
+    from headsup_jax.data.raycast import mesh_coverage
+    from headsup_jax.geometry.rigs import make_rig
+    from headsup_jax.render import Camera
+
+    rig = make_rig("frontal16", height)
+    target = mesh_coverage(template.vertices, template.faces[atlas.faces], rig).sum()
+    cams = (jnp.asarray(np.stack([c.K for c in rig]), jnp.float32),
+            jnp.asarray(np.stack([c.world_to_cam for c in rig]), jnp.float32))
+    H, W = rig[0].height, rig[0].width
+    fitter = MaskFitter(template, MaskFitSettings(eps2d=eps2d), atlas=atlas)
+
+    @jax.jit
+    def area(inset):
+        g = fitter._gaussians(None, 1, inset)
+        view = lambda km: silhouette(g, Camera(world_to_cam=km[1], K=km[0], width=W, height=H), eps2d)  # noqa: E731
+        return jnp.sum(jax.lax.map(view, cams))
+
+    lo, hi = 0.0, 4.0
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if float(area(mid)) > target else (lo, mid)
+    return 0.5 * (lo + hi)
 
 
 def _rodrigues(w):
@@ -130,15 +165,15 @@ def _similarity(params, r0):
 class MaskFitter:
     """Silhouette losses and their Adam loops for one capture's cameras (normalised frame)."""
 
-    def __init__(self, template, settings: MaskFitSettings):
+    def __init__(self, template, settings: MaskFitSettings, atlas=None):
         from headsup_jax.geometry import build_atlas
 
         self.template, self.settings = template, settings
-        self.atlas = build_atlas(template, settings.atlas_resolution)
+        self.atlas = build_atlas(template, settings.atlas_resolution) if atlas is None else atlas
         self.vertices = jnp.asarray(template.vertices, jnp.float32)
         self.deltas = None if template.identity_deltas is None else jnp.asarray(template.identity_deltas)
 
-    def _gaussians(self, identity, stride: int):
+    def _gaussians(self, identity, stride: int, inset=None):
         """Every stride-th anchored Gaussian, its tangent scales x sqrt(stride), moved inward along the normal
         by `inset` tangent standard deviations: splats centred on the surface reach past the mesh's outline
         (most at the grazing rim, where they pile up), so the silhouette would come out too large."""
@@ -148,7 +183,8 @@ class MaskFitter:
         v = self.vertices if identity is None else self.vertices + jnp.einsum("k,kvc->vc", identity, self.deltas)
         widen = np.sqrt(stride)
         _, _, footprint = surface_frames(v, self.atlas)
-        inset = self.settings.inset * widen * TANGENT_SCALE * jnp.mean(footprint, -1)  # [G] metres
+        inset = self.settings.inset if inset is None else inset
+        inset = inset * widen * TANGENT_SCALE * jnp.mean(footprint, -1)  # [G] metres
         g = anchor(v, self.atlas, offsets=jnp.zeros((self.atlas.count, 3)).at[:, 2].set(-inset))
         g = jax.tree.map(lambda a: a[::stride], g)
         return dataclasses.replace(g, scales=g.scales * jnp.array([widen, widen, 1.0]))
@@ -164,7 +200,11 @@ class MaskFitter:
         cams = jnp.zeros_like(w2c).at[:, :3, :3].set(rc).at[:, :3, 3].set(tc).at[:, 3, 3].set(1.0)
         g = self._gaussians(identity, stride)
         H, W = masks.shape[1:]
-        alpha = jax.vmap(lambda k, m: silhouette(g, Camera(world_to_cam=m, K=k, width=W, height=H)))(K, cams)
+        # one view at a time, recomputed in the backward pass: the dense [G, H * W] alphas of every view
+        # and start at once took 17 GB for ICT-FaceKit at atlas 64
+        view = jax.checkpoint(lambda km: silhouette(g, Camera(world_to_cam=km[1], K=km[0], width=W, height=H),
+                                                    self.settings.eps2d))
+        alpha = jax.lax.map(view, (K, cams))  # [V, H, W]
         out = jnp.mean((alpha - masks) ** 2)
         if identity is not None:
             out = out + self.settings.identity_prior * jnp.mean(identity ** 2)
@@ -215,7 +255,11 @@ def fit_masks(capture, cameras, settings: MaskFitSettings):
     w2c = np.stack([np.asarray(c.world_to_cam, np.float64) for c in cameras])
     norm, centre, radius = _normalisation(w2c)
     w2c_n = jnp.asarray(np.stack([transform_camera(m, norm) for m in w2c]), jnp.float32)
-    fitter = MaskFitter(load_template(settings.template), settings)
+    template = load_template(settings.template)
+    fitter = MaskFitter(template, settings)
+    if settings.inset is None:
+        inset = calibrated_inset(template, fitter.atlas, min(settings.fine_height, cameras[0].height), settings.eps2d)
+        fitter.settings = settings = dataclasses.replace(settings, inset=inset)
     starts = jnp.asarray(cube_rotations(), jnp.float32)
     S = starts.shape[0]
     zeros = {"rotvec": jnp.zeros((S, 3)), "log_scale": jnp.zeros(S), "translation": jnp.zeros((S, 3))}
@@ -234,7 +278,7 @@ def fit_masks(capture, cameras, settings: MaskFitSettings):
                                                settings.fine_stride)
     s, R, t = (np.asarray(a, np.float64) for a in _similarity(params, starts[best]))
     sim = Similarity(float(s), R, t).compose(norm)
-    info = {"look_at_centre": centre.tolist(), "rig_radius": radius, "start": best,
+    info = {"look_at_centre": centre.tolist(), "rig_radius": radius, "start": best, "inset": settings.inset,
             "coarse_losses": [float(v) for v in final], "loss": float(history[-1]),
             "identity": None if identity is None else np.asarray(identity).tolist(),
             "seconds": time.perf_counter() - t0}

@@ -51,6 +51,8 @@ def register(sub) -> None:
                        help="manual: JSON {scale, rotation (3x3 or [w, x, y, z]), translation}, "
                        "capture world -> template")
     align.add_argument("--template", default="procedural", help="head template spec fitted by --method masks")
+    align.add_argument("--atlas-resolution", type=int, default=32,
+                       help="atlas of the template's silhouette Gaussians (--method masks; ICT-FaceKit: 64)")
     align.add_argument("--undo", action="store_true", help="restore the original cameras and remove alignment.json")
     align.set_defaults(run=run_align)
 
@@ -101,7 +103,7 @@ def run_align(args) -> None:
     if args.undo:
         print(f"{args.dir}: original cameras restored" if undo_alignment(args.dir) else f"{args.dir}: not aligned")
         return
-    sim, info = align_capture(args.dir, args.method, args.pose, MaskFitSettings(template=args.template))
+    sim, info = align_capture(args.dir, args.method, args.pose, MaskFitSettings(template=args.template, atlas_resolution=args.atlas_resolution))
     print(f"aligned {args.dir} ({args.method}): scale {sim.scale:.6g}, rotation "
           f"{rotation_angle_degrees(sim.rotation):.1f} deg, translation {sim.translation.round(4).tolist()}"
           + (f", silhouette loss {info['loss']:.4f}" if "loss" in info else "") + "; originals in alignment.json")

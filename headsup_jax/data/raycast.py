@@ -73,6 +73,19 @@ def _box(samples: np.ndarray) -> np.ndarray:
     return sum(samples[:, i, :, j] for i in range(s) for j in range(s)) / (s * s)
 
 
+def mesh_coverage(vertices: np.ndarray, faces: np.ndarray, cameras, supersample: int = 2) -> np.ndarray:
+    """Fraction of each pixel's `supersample`^2 rays that hit the mesh, in each camera (what `render` writes
+    as the mask). vertices [V, 3], faces [F, 3] -> [C, H, W] float32"""
+    scene = rtcs.EmbreeScene()
+    TriangleMesh(scene, np.asarray(vertices, np.float32), np.asarray(faces))
+    out = []
+    for cam in cameras:
+        origins, dirs, _ = _rays(cam, supersample)
+        hit = scene.run(np.ascontiguousarray(origins), dirs, output=1)
+        out.append(_box((hit["primID"] >= 0).reshape(cam.height, supersample, cam.width, supersample).astype(np.float32)))
+    return np.stack(out)
+
+
 class MeshRenderer:
     """Renders one `Surface` from many cameras (the Embree scene is built once)."""
 

@@ -103,7 +103,8 @@ def run_align(args) -> None:
     if args.undo:
         print(f"{args.dir}: original cameras restored" if undo_alignment(args.dir) else f"{args.dir}: not aligned")
         return
-    sim, info = align_capture(args.dir, args.method, args.pose, MaskFitSettings(template=args.template, atlas_resolution=args.atlas_resolution))
+    settings = MaskFitSettings(template=args.template, atlas_resolution=args.atlas_resolution)
+    sim, info = align_capture(args.dir, args.method, args.pose, settings)
     print(f"aligned {args.dir} ({args.method}): scale {sim.scale:.6g}, rotation "
           f"{rotation_angle_degrees(sim.rotation):.1f} deg, translation {sim.translation.round(4).tolist()}"
           + (f", silhouette loss {info['loss']:.4f}" if "loss" in info else "") + "; originals in alignment.json")

@@ -18,7 +18,7 @@ FAKES = ("gcloud", "srun", "sbatch", "headsup")
 @pytest.fixture
 def fake_path(tmp_path):
     """A bin folder of fake programs; each appends `NAME ARGS...` (shell-quoted) and its gloo/XLA
-    environment to calls.txt."""
+    environment to calls.txt as one write (local.sh's processes run at once: separate writes interleaved)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "calls.txt"
@@ -26,8 +26,8 @@ def fake_path(tmp_path):
         script = bin_dir / name
         script.write_text(
             "#!/usr/bin/env bash\n"
-            f'{{ printf "%q " {name} "$@"; echo "| collectives=$JAX_CPU_COLLECTIVES_IMPLEMENTATION '
-            f'xla=$XLA_FLAGS"; }} >> {shlex.quote(str(calls))}\necho "fake {name} ran"\n')
+            f'line="$(printf "%q " {name} "$@")| collectives=$JAX_CPU_COLLECTIVES_IMPLEMENTATION xla=$XLA_FLAGS"\n'
+            f'printf "%s\\n" "$line" >> {shlex.quote(str(calls))}\necho "fake {name} ran"\n')
         script.chmod(0o755)
     return bin_dir, calls
 

@@ -51,7 +51,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.background = dict(enabled=False, num_gaussians=4096, radius=3.0, code_dim=32, width=64)
 
     c.data = dict(
-        source="synthetic",  # "synthetic" (generated on first use into workdir/data) or a TFDS/capture folder
+        source="synthetic",  # "synthetic" (generated on first use into workdir/data) or a built TFDS dataset
         synthetic_subjects=1000 if size == "tiny" else 10000,
         max_train_subjects=0,  # > 0: train on the first K records of the train split only (identity sweeps)
         rig="frontal16",

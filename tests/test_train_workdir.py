@@ -198,6 +198,19 @@ def test_held_out_split_is_checked_at_start(datasets, caplog):
     assert [len(b["subject"]) for b in batches] == [1]
 
 
+def test_data_source_must_be_a_built_dataset(datasets, tmp_path):
+    config = _tiny()
+    config.data.source = str(datasets["both"])
+    assert dataset_dir(config, tmp_path) == epath.Path(datasets["both"])
+    captures = pathlib.Path(datasets["both"]).parents[2] / "captures"  # the folders it was built from
+    config.data.source = str(captures)
+    with pytest.raises(ConfigError, match=rf"data.source={captures}: not a built TFDS dataset .*headsup data build"):
+        dataset_dir(config, tmp_path)
+    config.data.source = str(tmp_path / "nothing")
+    with pytest.raises(ConfigError, match=r"no dataset_info.json\); give a built dataset.s version folder"):
+        dataset_dir(config, tmp_path)
+
+
 def test_evaluation_batches_cover_the_subjects_in_batches_of_the_batch_size(datasets):
     config = _tiny()
     config.data.image_size, config.data.num_inputs, config.data.batch_size = (24, 18), 2, 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pathlib
 import shutil
 import tempfile
 import time
@@ -32,7 +33,14 @@ def dataset_dir(config, workdir, sync: bool = False) -> epath.Path:
     builds its own copy, which is identical (generated from config.seed)."""
     d = config.data
     if d.source != "synthetic":
-        return epath.Path(d.source)
+        path = epath.Path(d.source)
+        if not (path / "dataset_info.json").exists():
+            local = pathlib.Path(str(path))
+            captures = "://" not in str(path) and local.is_dir() and next(local.rglob("cameras.json"), None)
+            hint = (f"capture folders are built with `headsup data build {path} --out OUT`, then "
+                    "data.source=OUT/head_captures/1.0.0" if captures else "give a built dataset's version folder")
+            raise ConfigError(f"config data.source={path}: not a built TFDS dataset (no dataset_info.json); {hint}")
+        return path
     root = epath.Path(workdir) / "data"
     done = root / "BUILT"
     if jax.process_index() == 0 and not done.exists():

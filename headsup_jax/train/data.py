@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import pathlib
 import shutil
 import tempfile
 import time
@@ -35,8 +34,9 @@ def dataset_dir(config, workdir, sync: bool = False) -> epath.Path:
     if d.source != "synthetic":
         path = epath.Path(d.source)
         if not (path / "dataset_info.json").exists():
-            local = pathlib.Path(str(path))
-            captures = "://" not in str(path) and local.is_dir() and next(local.rglob("cameras.json"), None)
+            from headsup_jax.data.capture import find_captures
+
+            captures = "://" not in str(path) and path.is_dir() and find_captures(path)
             hint = (f"capture folders are built with `headsup data build {path} --out OUT`, then "
                     "data.source=OUT/head_captures/1.0.0" if captures else "give a built dataset's version folder")
             raise ConfigError(f"config data.source={path}: not a built TFDS dataset (no dataset_info.json); {hint}")

@@ -69,9 +69,10 @@ class Checkpointer:
         return self.every > 0 and step % self.every == 0
 
     def save(self, step: int, state: nnx.State, data_state: dict | None, force: bool = False,
-             train_seconds: float | None = None) -> bool:
+             train_seconds: float | None = None, skipped_updates: int = 0) -> bool:
         """Starts saving `state` at `step` if the interval says so (or `force`); returns whether it did.
-        `train_seconds` (the run's training wall time so far) is recorded with the data state. A failed
+        `train_seconds` (the run's training wall time so far) and `skipped_updates` (the non-finite steps
+        dropped so far) are recorded with the data state, so a resumed run continues both. A failed
         write (of this save, or of the one before, finishing) raises CheckpointError."""
         if not (force or self.due(step)) or step in self.manager.all_steps():
             return False
@@ -81,7 +82,8 @@ class Checkpointer:
                 self._manifest_path(step).unlink(missing_ok=True)  # of a checkpoint of this step moved aside
             if data_state is not None:
                 record = {"process_count": jax.process_count(), "process_index": jax.process_index(),
-                          "data": data_state, "train_seconds": train_seconds}
+                          "data": data_state, "train_seconds": train_seconds,
+                          "skipped_updates": skipped_updates}
                 write_json_atomic(self._data_folder(step) / f"process_{jax.process_index()}.json", record)
             saved = self.manager.save(step, args=ocp.args.StandardSave(nnx.to_pure_dict(state)), force=True)
         except Exception as e:  # noqa: BLE001 (storage errors arrive wrapped by Orbax's threads)
@@ -169,7 +171,7 @@ class Checkpointer:
 
     def data_states(self, step: int) -> list[dict]:
         """The data records saved with `step`, one per process of the run that saved it, in process order
-        ({"process_count", "process_index", "data"}); [] if none were saved."""
+        ({"process_count", "process_index", "data", "train_seconds", "skipped_updates"}); [] if none were saved."""
         folder = self._data_folder(step)
         if not folder.exists():
             return []

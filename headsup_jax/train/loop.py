@@ -45,12 +45,13 @@ def train(config, workdir, devices=None, progress: bool = True, stop_at: int | N
     check_writable(workdir)
     experiment = build_experiment(config, workdir, devices)
     ckpt = Checkpointer(workdir, config.checkpoint.every, config.checkpoint.keep)
-    state, start, data_start, data_state, seconds = experiment.state, 0, 0, None, 0.0
+    state, start, data_start, data_state, seconds, skipped = experiment.state, 0, 0, None, 0.0, 0
     if ckpt.latest_step is not None:  # a checkpoint of another model is refused here, before the run's records
         start, state = ckpt.restore(experiment.state)
         records = ckpt.data_states(start)
         data_start, data_state = resume_position(records, f"checkpoint {start} in {ckpt.root}")
         seconds = records[0].get("train_seconds") or 0.0
+        skipped = records[0].get("skipped_updates", 0)  # absent in checkpoints of older versions
         log.info("resumed from step %d", start)
     check_template(config, experiment.template, workdir)
     save_config(config, workdir)
@@ -64,7 +65,7 @@ def train(config, workdir, devices=None, progress: bool = True, stop_at: int | N
     writer = summary_writer(workdir)
     total = config.optim.total_steps
     end = total if stop_at is None else min(stop_at, total)
-    pending, skipped, last = [], 0, {}  # pending: (step, device metrics) not yet read on the host
+    pending, last = [], {}  # pending: (step, device metrics) not yet read on the host
     t0, last_log, started = time.perf_counter(), start, time.perf_counter() - seconds
     bar = tqdm(range(start, end), initial=start, total=total, disable=not progress or jax.process_index() != 0,
                desc="train", dynamic_ncols=True)
@@ -92,7 +93,7 @@ def train(config, workdir, devices=None, progress: bool = True, stop_at: int | N
             if held_out and config.log.images_every > 0 and (done % config.log.images_every == 0 or done == end):
                 _log_images(writer, done, experiment, state, held_out)
             ckpt.save(done, state, data.get_state(), force=done == end or stop,
-                      train_seconds=time.perf_counter() - started)
+                      train_seconds=time.perf_counter() - started, skipped_updates=skipped)
             if stop:
                 ckpt.wait()
                 log.warning("SIGTERM (preemption): stopped after step %d with its checkpoint saved in %s; the same "

@@ -1,6 +1,6 @@
 """NaN injected into one batch (its first record's input images) of the real train loop, in subprocesses on
 train_worker's shrunk tiny config: on_nonfinite="skip" drops that update (the parameters stay those of the
-step before, exactly: here the initial ones), logs and counts it; "raise" stops at that step naming it and the non-finite
+step before, exactly: here the initial ones), logs and counts it (the count carried through a resume); "raise" stops at that step naming it and the non-finite
 quantities, before any checkpoint of it. Also: a finite loss with a non-finite gradient is caught."""
 from __future__ import annotations
 
@@ -42,6 +42,9 @@ def test_a_nan_batch_is_skipped_and_counted_or_stops_the_run(tmp_path, jax_cache
         assert np.isfinite(after[k]).all(), k
         np.testing.assert_array_equal(after[k], init[k], err_msg=k)
     assert scalars(skip / "tensorboard", "skipped_updates") == {1: 1.0}
+    resumed = run(skip, tmp_path / "resumed.npz", jax_cache, 2, on_nonfinite="skip")  # from step 1's checkpoint
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
+    assert scalars(skip / "tensorboard", "skipped_updates") == {1: 1.0, 2: 1.0}  # the count survives a resume
 
     stop = linked_data(tmp_path / "raise")
     failed = run(stop, tmp_path / "raised.npz", jax_cache, 1, on_nonfinite="raise", nan_batch=1)

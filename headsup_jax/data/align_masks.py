@@ -15,8 +15,12 @@ difference of the rendered alpha and the mask. Nothing assumes the head is near 
 
 Splats centred on the surface draw a silhouette larger than the mesh's (their tails reach past the
 outline, most at the grazing rim and at open boundaries such as ICT-FaceKit's neck cut), which biases the
-fitted scale low. `calibrated_inset` moves them inward by the amount at which the template's splat
-silhouette covers as many pixels as its ray-cast mesh (`data.raycast.mesh_coverage`) in the frontal16 rig.
+fitted scale low, and where they are wrong moves the loss's minimum off the true pose. So each splat is
+moved inward (along the normal, and along the surface away from an open boundary for the splats nearer
+to it than that: `open_boundary`) and its tangent scales shrunk by its own amount, fitted once per
+template, atlas and mask height so that the splat silhouettes equal the template's ray-cast mesh
+(`data.raycast.mesh_coverage`) in 24 random views (`calibrate_splats`, from the one inset at which the
+areas match over the frontal16 rig: `calibrated_inset`).
 """
 from __future__ import annotations
 
@@ -122,7 +126,7 @@ def silhouette(gaussians, camera, eps2d: float = 0.3):
     return (1.0 - jnp.exp(jnp.sum(jnp.log1p(-alpha), 0))).reshape(H, W)
 
 
-def calibrated_inset(template, atlas, height: int, eps2d: float, iterations: int = 12) -> float:
+def calibrated_inset(template, atlas, height: int, eps2d: float, iterations: int = 12, fitter=None) -> float:
     """The inset (tangent standard deviations, in [0, 4]) at which the template's splats cover as many pixels
     as its mesh (the atlas's faces, ray-cast) over the frontal16 rig at `height` px, by bisection (the
     covered area shrinks as the inset grows)."""
@@ -135,7 +139,7 @@ def calibrated_inset(template, atlas, height: int, eps2d: float, iterations: int
     cams = (jnp.asarray(np.stack([c.K for c in rig]), jnp.float32),
             jnp.asarray(np.stack([c.world_to_cam for c in rig]), jnp.float32))
     H, W = rig[0].height, rig[0].width
-    fitter = MaskFitter(template, MaskFitSettings(eps2d=eps2d), atlas=atlas)
+    fitter = MaskFitter(template, MaskFitSettings(eps2d=eps2d), atlas=atlas) if fitter is None else fitter
 
     @jax.jit
     def area(inset):
@@ -148,6 +152,102 @@ def calibrated_inset(template, atlas, height: int, eps2d: float, iterations: int
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if float(area(mid)) > target else (lo, mid)
     return 0.5 * (lo + hi)
+
+
+def open_boundary(vertices, atlas, chunk: int = 1024):
+    """Each anchored Gaussian's signed distance (metres, > 0 inside the surface) to the open boundary of its
+    own connected piece of the atlas's faces (edges of one face: ICT-FaceKit's neck cut and eyelids; its
+    eyeballs are other pieces), and the unit direction away from it along the surface in the Gaussian's
+    (tangent, bitangent) frame. vertices [V, 3] -> distance [G] (inf without a boundary), direction [G, 2]"""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from headsup_jax.geometry.anchor import surface_frames
+
+    v = np.asarray(vertices, np.float64)
+    weld = np.unique(np.round(v, 6), axis=0, return_inverse=True)[1].ravel()  # UV seams split vertices
+    f = np.asarray(atlas.face_vertices)
+    edges = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])  # [3F, 2]
+    opposite = np.concatenate([f[:, 2], f[:, 0], f[:, 1]])
+    _, inverse, counts = np.unique(np.sort(weld[edges], 1), axis=0, return_inverse=True, return_counts=True)
+    single = counts[inverse.ravel()] == 1
+    n = int(weld.max()) + 1
+    piece = connected_components(coo_matrix((np.ones(len(edges)), tuple(weld[edges].T)), (n, n)))[1][weld]  # [V]
+    row = np.full(int(atlas.faces.max()) + 1, -1)
+    row[atlas.faces] = np.arange(len(f))
+    own = piece[f[row[atlas.texel_faces()], 0]]  # [G] each Gaussian's piece
+    edge_piece = piece[edges[single, 0]]  # [E]
+    point, frame, _ = (np.asarray(a, np.float64) for a in surface_frames(jnp.asarray(vertices, jnp.float32), atlas))
+    G = point.shape[0]
+    if not single.any():
+        return np.full(G, np.inf), np.zeros((G, 2))
+    a = v[edges[single, 0]]  # [E, 3] each open edge: a start, its direction, the face's third corner
+    ab, ac = v[edges[single, 1]] - a, v[opposite[single]] - a
+    inward = ac - np.sum(ac * ab, -1, keepdims=True) / np.sum(ab * ab, -1, keepdims=True) * ab  # [E, 3] in the face
+    inward /= np.linalg.norm(inward, axis=-1, keepdims=True)
+    nearest, distance = np.empty(G, np.int64), np.empty(G)
+    for i in range(0, G, chunk):  # [chunk, E] point-to-segment distances
+        d = point[i:i + chunk, None] - a[None]
+        t = np.clip(np.sum(d * ab, -1) / np.sum(ab * ab, -1), 0.0, 1.0)
+        gap = np.where(own[i:i + chunk, None] == edge_piece[None], np.linalg.norm(d - t[..., None] * ab, axis=-1),
+                       np.inf)
+        nearest[i:i + chunk], distance[i:i + chunk] = np.argmin(gap, 1), np.min(gap, 1)
+    # outside: conservative-ring texels a little past the edge (far away, the surface's curvature flips
+    # the side of the edge's plane, so only near points can be outside)
+    outside = (np.sum((point - a[nearest]) * inward[nearest], -1) < 0) & (distance < 2 * atlas.texel_size)
+    distance = np.where(outside, -distance, distance)
+    direction = np.einsum("gck,gc->gk", frame[:, :, :2], inward[nearest])  # [G, 2]
+    direction /= np.maximum(np.linalg.norm(direction, axis=-1, keepdims=True), 1e-12)
+    return distance, direction
+
+
+@functools.lru_cache(maxsize=8)
+def splat_calibration(template: str, atlas_resolution: int, height: int, eps2d: float):
+    """`calibrate_splats` of a template by name (its atlas at `atlas_resolution`), once per process.
+    -> (inset [G], log_scale [G]) numpy arrays"""
+    from headsup_jax.geometry import load_template
+
+    fitter = MaskFitter(load_template(template), MaskFitSettings(template=template, atlas_resolution=atlas_resolution,
+                                                                 eps2d=eps2d))
+    calibrate_splats(fitter, height)
+    return np.asarray(fitter.inset), np.asarray(fitter.log_scale)
+
+
+def calibrate_splats(fitter, height: int, steps: int = 100, views: int = 24, lr: float = 0.05) -> np.ndarray:
+    """Fits each of `fitter`'s Gaussians' inset and tangent log-scale ([G] each, set on the fitter) so that the
+    template's splat silhouettes equal its ray-cast mesh's (`data.raycast.mesh_coverage`, what the
+    synthetic masks are) in `views` random cameras around the head at `height` px: one global inset
+    cannot both pull in the rim and undo a thin curl's overhang (ICT-FaceKit's ears) without shrinking
+    the rest. Starts from `calibrated_inset`; Adam on the mean squared difference. -> the losses [steps]"""
+    from headsup_jax.data.raycast import mesh_coverage
+    from headsup_jax.geometry.rigs import make_rig
+    from headsup_jax.render import Camera
+
+    t, atlas, eps2d = fitter.template, fitter.atlas, fitter.settings.eps2d
+    inset = calibrated_inset(t, atlas, height, eps2d, fitter=fitter)
+    rig = make_rig(f"random{views}", height, seed=1)
+    target = jnp.asarray(mesh_coverage(t.vertices, t.faces[atlas.faces], rig))  # [C, H, W]
+    cams = (jnp.asarray(np.stack([c.K for c in rig]), jnp.float32),
+            jnp.asarray(np.stack([c.world_to_cam for c in rig]), jnp.float32))
+    H, W = rig[0].height, rig[0].width
+
+    def loss(x):
+        g = fitter._gaussians(None, 1, x["inset"], x["log_scale"])
+        view = jax.checkpoint(lambda km: silhouette(g, Camera(world_to_cam=km[1], K=km[0], width=W, height=H), eps2d))
+        return jnp.mean((jax.lax.map(view, cams) - target) ** 2)
+
+    opt = optax.adam(lr)
+
+    def step(carry, _):
+        x, state = carry
+        value, grad = jax.value_and_grad(loss)(x)
+        updates, state = opt.update(grad, state)
+        return (optax.apply_updates(x, updates), state), value
+
+    x = {"inset": jnp.full(atlas.count, inset, jnp.float32), "log_scale": jnp.zeros(atlas.count, jnp.float32)}
+    (x, _), history = jax.jit(lambda x: jax.lax.scan(step, (x, opt.init(x)), None, length=steps))(x)
+    fitter.inset, fitter.log_scale = x["inset"], x["log_scale"]
+    return np.asarray(history)
 
 
 def _rodrigues(w):
@@ -172,20 +272,31 @@ class MaskFitter:
         self.atlas = build_atlas(template, settings.atlas_resolution) if atlas is None else atlas
         self.vertices = jnp.asarray(template.vertices, jnp.float32)
         self.deltas = None if template.identity_deltas is None else jnp.asarray(template.identity_deltas)
+        self.inset = None  # [G] tangent standard deviations (`calibrate_splats`); None: settings.inset
+        self.log_scale = jnp.zeros(self.atlas.count, jnp.float32)  # [G] added to the tangent log-scales
+        distance, direction = open_boundary(template.vertices, self.atlas)
+        self.boundary_distance = jnp.asarray(np.minimum(distance, 1e3), jnp.float32)  # [G] metres
+        self.boundary_direction = jnp.asarray(direction, jnp.float32)  # [G, 2] local (tangent, bitangent)
 
-    def _gaussians(self, identity, stride: int, inset=None):
-        """Every stride-th anchored Gaussian, its tangent scales x sqrt(stride), moved inward along the normal
-        by `inset` tangent standard deviations: splats centred on the surface reach past the mesh's outline
-        (most at the grazing rim, where they pile up), so the silhouette would come out too large."""
+    def _gaussians(self, identity, stride: int, inset=None, log_scale=None):
+        """Every stride-th anchored Gaussian, its tangent scales x sqrt(stride) x exp(log_scale), moved inward
+        along the normal by `inset` tangent standard deviations (a number or [G]; default: the calibrated
+        ones, else settings.inset): splats centred on the surface reach past the mesh's outline (most at
+        the grazing rim, where they pile up), so the silhouette would come out too large. Splats nearer
+        than that to an open boundary also slide along the surface to that distance from it: the normal
+        inset alone leaves them hanging past the cut (the boundary's distances are the neutral template's)."""
         from headsup_jax.geometry import anchor
         from headsup_jax.geometry.anchor import TANGENT_SCALE, surface_frames
 
         v = self.vertices if identity is None else self.vertices + jnp.einsum("k,kvc->vc", identity, self.deltas)
         widen = np.sqrt(stride)
         _, _, footprint = surface_frames(v, self.atlas)
-        inset = self.settings.inset if inset is None else inset
+        inset = (self.settings.inset if self.inset is None else self.inset) if inset is None else inset
         inset = inset * widen * TANGENT_SCALE * jnp.mean(footprint, -1)  # [G] metres
-        g = anchor(v, self.atlas, offsets=jnp.zeros((self.atlas.count, 3)).at[:, 2].set(-inset))
+        slide = jnp.maximum(inset - self.boundary_distance, 0.0)[:, None] * self.boundary_direction  # [G, 2]
+        g = anchor(v, self.atlas, offsets=jnp.concatenate([slide, -inset[:, None]], -1))
+        log_scale = self.log_scale if log_scale is None else log_scale
+        g = dataclasses.replace(g, scales=g.scales * jnp.exp(log_scale[:, None] * jnp.array([1.0, 1.0, 0.0])))
         g = jax.tree.map(lambda a: a[::stride], g)
         return dataclasses.replace(g, scales=g.scales * jnp.array([widen, widen, 1.0]))
 
@@ -258,8 +369,9 @@ def fit_masks(capture, cameras, settings: MaskFitSettings):
     template = load_template(settings.template)
     fitter = MaskFitter(template, settings)
     if settings.inset is None:
-        inset = calibrated_inset(template, fitter.atlas, min(settings.fine_height, cameras[0].height), settings.eps2d)
-        fitter.settings = settings = dataclasses.replace(settings, inset=inset)
+        inset, log_scale = splat_calibration(settings.template, settings.atlas_resolution,
+                                             min(settings.fine_height, cameras[0].height), settings.eps2d)
+        fitter.inset, fitter.log_scale = jnp.asarray(inset), jnp.asarray(log_scale)
     starts = jnp.asarray(cube_rotations(), jnp.float32)
     S = starts.shape[0]
     zeros = {"rotvec": jnp.zeros((S, 3)), "log_scale": jnp.zeros(S), "translation": jnp.zeros((S, 3))}
@@ -278,7 +390,8 @@ def fit_masks(capture, cameras, settings: MaskFitSettings):
                                                settings.fine_stride)
     s, R, t = (np.asarray(a, np.float64) for a in _similarity(params, starts[best]))
     sim = Similarity(float(s), R, t).compose(norm)
-    info = {"look_at_centre": centre.tolist(), "rig_radius": radius, "start": best, "inset": settings.inset,
+    inset = settings.inset if fitter.inset is None else float(jnp.mean(fitter.inset))  # the calibrated ones' mean
+    info = {"look_at_centre": centre.tolist(), "rig_radius": radius, "start": best, "inset": inset,
             "coarse_losses": [float(v) for v in final], "loss": float(history[-1]),
             "identity": None if identity is None else np.asarray(identity).tolist(),
             "seconds": time.perf_counter() - t0}

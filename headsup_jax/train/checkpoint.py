@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -30,6 +31,7 @@ from headsup_jax.train.manifest import first_mismatch, manifest
 log = logging.getLogger(__name__)
 
 INTERRUPTED = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")  # Orbax's temporary folder of a step being written
+CLEANUP_TRIES, CLEANUP_PAUSE_S = 10, 0.5  # for temporary folders still being written by a failed save's threads
 MISFIT = ("stored shape", "tree structures do not match")  # Orbax's words for a checkpoint of another model
 
 
@@ -45,13 +47,30 @@ class Checkpointer:
         self.every = every
         self.interrupted = sorted(int(m[1]) for p in (self.root.iterdir() if self.root.exists() else [])
                                   if (m := INTERRUPTED.match(p.name)))  # before the manager removes them
-        self.manager = ocp.CheckpointManager(
-            self.root, options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
-                                                            enable_async_checkpointing=True,
-                                                            cleanup_tmp_directories=True))
-        if self.interrupted:  # Orbax removes them in a thread that only its save awaits: a restore would see them
-            self.manager._maybe_await_cleanup_tmp_directory()
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
+                                               enable_async_checkpointing=True, cleanup_tmp_directories=True)
+        self.manager = self._manager(options)
         self._unsealed = []  # steps saved here whose manifest is not written yet (their save may be in flight)
+
+    def _manager(self, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
+        """Orbax's manager, the temporary folders of interrupted writes removed. Orbax removes them in a
+        thread that only its save awaits (a restore would see them), so it is awaited here; a removal that
+        fails because a folder is still filling (the writer threads of a save that failed in this process
+        finish after its error) is tried again with a new manager."""
+        for attempt in range(1, CLEANUP_TRIES + 1):
+            manager = ocp.CheckpointManager(self.root, options=options)
+            if not self.interrupted:
+                return manager
+            try:
+                manager._maybe_await_cleanup_tmp_directory()
+                return manager
+            except OSError as e:
+                if attempt == CLEANUP_TRIES:
+                    raise CheckpointError(f"{self.root}: the unfinished checkpoints {self.interrupted} cannot be "
+                                          f"removed ({e.strerror or e}: {e.filename}); is another run still "
+                                          f"writing there?") from e
+                log.warning("removing the unfinished checkpoints in %s: %s; trying again", self.root, e)
+                time.sleep(CLEANUP_PAUSE_S)
 
     def _data_folder(self, step: int) -> epath.Path:
         return self.root.parent / "data_state" / f"{step}"

@@ -10,6 +10,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import jax
 import numpy as np
@@ -128,4 +130,34 @@ def test_disk_full_while_saving_is_a_clear_error_and_the_run_continues_after(tmp
     assert step == 3
     assert_state(state, 3)
     saved(tmp_path, 6).close()
+    assert_state(restored(tmp_path)[1], 6)
+
+
+def test_an_unfinished_checkpoint_still_being_written_is_removed_once_its_writer_stops(tmp_path, caplog):
+    """The writer threads of a save that failed in this process go on writing into its temporary folder
+    for a while; a new Checkpointer's cleanup meets a folder that fills while it is removed."""
+    saved(tmp_path, 3).close()
+    inner = tmp_path / "checkpoints" / "6.orbax-checkpoint-tmp" / "default.orbax-checkpoint-tmp"
+    inner.mkdir(parents=True)
+    stop = time.monotonic() + 1.5
+
+    def write():
+        i = 0
+        while time.monotonic() < stop:
+            inner.mkdir(parents=True, exist_ok=True)
+            (inner / f"chunk_{i}").write_bytes(b"x" * 64)
+            i += 1
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    while writer.is_alive() and len(list(inner.iterdir())) < 500:  # a folder that takes a while to remove
+        time.sleep(0.01)
+    try:
+        with caplog.at_level(logging.WARNING, "headsup_jax"):
+            step, state = restored(tmp_path)
+    finally:
+        writer.join()
+    assert step == 3
+    assert_state(state, 3)
+    saved(tmp_path, 6).close()  # the run saves step 6 afresh
     assert_state(restored(tmp_path)[1], 6)

@@ -175,7 +175,7 @@ def test_calibrated_splats_draw_the_meshs_silhouette_where_it_is(name, resolutio
     leaves ICT-FaceKit's more than 0.4 px low (its ears and neck cut overhang, the rim shrinks: the bias
     that tilted the fit; 1.6 px before the splats at the cut slid inward). Open boundaries: ICT-FaceKit's
     neck cut and eyelids; none on the procedural head."""
-    from headsup_jax.data.align_masks import open_boundary, splat_calibration
+    from headsup_jax.data.align_masks import calibrate, open_boundary
     from headsup_jax.geometry import build_atlas, load_template
 
     if name == "ict" and not ICT.exists():
@@ -202,7 +202,8 @@ def test_calibrated_splats_draw_the_meshs_silhouette_where_it_is(name, resolutio
 
     fitter.settings = MaskFitSettings(inset=inset)
     before = errors()
-    fitter.inset, fitter.log_scale = (jnp.asarray(a) for a in splat_calibration(name, resolution, 64, settings.eps2d))
+    fitter.settings = settings
+    calibrate(fitter, 64)
     after = errors()
     print(f"{name}: squared error {before[:, 0].round(4)} -> {after[:, 0].round(4)}, "
           f"centroid rows {before[:, 1].round(2)} -> {after[:, 1].round(2)}")

@@ -55,7 +55,7 @@ class MaskFitSettings:
     coarse_stride: int = 4  # every 4th Gaussian, wider, in the multi-start stage
     fine_stride: int = 1
     refine_starts: int = 3  # the best coarse starts refined
-    inset: float | None = None  # tangent standard deviations; None: `calibrated_inset` at fine_height
+    inset: float | None = None  # tangent standard deviations; None: the per-splat `calibrate` at fine_height
     eps2d: float = 0.01  # px^2 added to each splat's 2D covariance (the renderer's 0.3 low-pass filter
     #                      piles up at the rim into a ~1 px halo at any atlas size: 19 % more area at 64 px)
     identity_steps: int = 0  # then with the identity coefficients (templates that have them)
@@ -201,16 +201,18 @@ def open_boundary(vertices, atlas, chunk: int = 1024):
     return distance, direction
 
 
-@functools.lru_cache(maxsize=8)
-def splat_calibration(template: str, atlas_resolution: int, height: int, eps2d: float):
-    """`calibrate_splats` of a template by name (its atlas at `atlas_resolution`), once per process.
-    -> (inset [G], log_scale [G]) numpy arrays"""
-    from headsup_jax.geometry import load_template
+_CALIBRATIONS: dict = {}  # (template, atlas resolution, height, eps2d) -> (inset [G], log_scale [G])
 
-    fitter = MaskFitter(load_template(template), MaskFitSettings(template=template, atlas_resolution=atlas_resolution,
-                                                                 eps2d=eps2d))
-    calibrate_splats(fitter, height)
-    return np.asarray(fitter.inset), np.asarray(fitter.log_scale)
+
+def calibrate(fitter, height: int) -> None:
+    """Sets `fitter`'s per-splat calibration (`calibrate_splats` at `height` px), computed once per process
+    for each template (by name), atlas resolution, height and eps2d."""
+    s = fitter.settings
+    key = (s.template, s.atlas_resolution, height, s.eps2d)
+    if key not in _CALIBRATIONS:
+        calibrate_splats(fitter, height)
+        _CALIBRATIONS[key] = (fitter.inset, fitter.log_scale)
+    fitter.inset, fitter.log_scale = _CALIBRATIONS[key]
 
 
 def calibrate_splats(fitter, height: int, steps: int = 100, views: int = 24, lr: float = 0.05) -> np.ndarray:
@@ -234,20 +236,27 @@ def calibrate_splats(fitter, height: int, steps: int = 100, views: int = 24, lr:
     def loss(x):
         g = fitter._gaussians(None, 1, x["inset"], x["log_scale"])
         view = jax.checkpoint(lambda km: silhouette(g, Camera(world_to_cam=km[1], K=km[0], width=W, height=H), eps2d))
-        return jnp.mean((jax.lax.map(view, cams) - target) ** 2)
+        value = jnp.mean((jax.lax.map(view, cams) - target) ** 2)
+        return value, value
 
+    x = {"inset": jnp.full(atlas.count, inset, jnp.float32), "log_scale": jnp.zeros(atlas.count, jnp.float32)}
+    x, history = adam_scan(loss, x, lr, steps)
+    fitter.inset, fitter.log_scale = x["inset"], x["log_scale"]
+    return np.asarray(history)
+
+
+def adam_scan(objective, x, lr: float, steps: int):
+    """`steps` Adam steps on `objective(x) -> (value to minimise, aux)`, one jitted scan. -> (x, aux per step)"""
     opt = optax.adam(lr)
 
     def step(carry, _):
         x, state = carry
-        value, grad = jax.value_and_grad(loss)(x)
+        (_, aux), grad = jax.value_and_grad(objective, has_aux=True)(x)
         updates, state = opt.update(grad, state)
-        return (optax.apply_updates(x, updates), state), value
+        return (optax.apply_updates(x, updates), state), aux
 
-    x = {"inset": jnp.full(atlas.count, inset, jnp.float32), "log_scale": jnp.zeros(atlas.count, jnp.float32)}
     (x, _), history = jax.jit(lambda x: jax.lax.scan(step, (x, opt.init(x)), None, length=steps))(x)
-    fitter.inset, fitter.log_scale = x["inset"], x["log_scale"]
-    return np.asarray(history)
+    return x, history
 
 
 def _rodrigues(w):
@@ -328,20 +337,13 @@ class MaskFitter:
         loss = functools.partial(self.loss, stride=stride)
         loss = jax.vmap(loss, (0, 0, None, None, None)) if batched else loss
         x = {"p": params, "id": jnp.zeros(self.deltas.shape[0]) if with_identity else None}
-        opt = optax.adam(self.settings.lr)
 
         def objective(x):
             values = loss(x["p"], r0, masks, K, w2c) if not with_identity else \
                 self.loss(x["p"], r0, masks, K, w2c, x["id"], stride)
             return jnp.sum(values), values
 
-        def step(carry, _):
-            x, state = carry
-            (_, values), grad = jax.value_and_grad(objective, has_aux=True)(x)
-            updates, state = opt.update(grad, state)
-            return (optax.apply_updates(x, updates), state), values
-
-        (x, _), history = jax.jit(lambda x: jax.lax.scan(step, (x, opt.init(x)), None, length=steps))(x)
+        x, history = adam_scan(objective, x, self.settings.lr, steps)
         return x["p"], x["id"], history
 
 
@@ -369,9 +371,7 @@ def fit_masks(capture, cameras, settings: MaskFitSettings):
     template = load_template(settings.template)
     fitter = MaskFitter(template, settings)
     if settings.inset is None:
-        inset, log_scale = splat_calibration(settings.template, settings.atlas_resolution,
-                                             min(settings.fine_height, cameras[0].height), settings.eps2d)
-        fitter.inset, fitter.log_scale = jnp.asarray(inset), jnp.asarray(log_scale)
+        calibrate(fitter, min(settings.fine_height, cameras[0].height))
     starts = jnp.asarray(cube_rotations(), jnp.float32)
     S = starts.shape[0]
     zeros = {"rotvec": jnp.zeros((S, 3)), "log_scale": jnp.zeros(S), "translation": jnp.zeros((S, 3))}

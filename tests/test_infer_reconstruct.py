@@ -110,3 +110,19 @@ def test_bad_capture_and_views_are_one_line_errors(tmp_path, capsys, trained):
     assert code == 2 and err == "headsup: error: --views 4: capture 'eve' has 4 cameras (indices 0..3)\n"
     code, _, err = reconstruct_cli(capsys, trained, tmp_path / "eve", tmp_path / "x.ply", "--num-views", "5")
     assert code == 2 and err == "headsup: error: --num-views 5: capture 'eve' has 4 cameras\n"
+
+
+def test_repeated_reconstructions_trace_the_model_once(tmp_path, trained, monkeypatch):
+    """`headsup view`, `animate` and user loops reconstruct many captures with one TrainedModel: the jitted
+    forward pass is kept on it, so the same shapes are traced (and compiled) once, not once per call."""
+    from headsup_jax.infer.reconstruct import reconstruct
+
+    traces = []
+    merge = nnx.merge
+    monkeypatch.setattr(nnx, "merge", lambda *a, **k: traces.append(1) or merge(*a, **k))  # runs when traced
+    for seed in (21, 22):
+        make_capture(tmp_path / f"c{seed}", n=3, width=W, height=H, seed=seed)
+    first = reconstruct(trained, tmp_path / "c21", num_views=3)
+    second = reconstruct(trained, tmp_path / "c22", num_views=3)
+    assert len(traces) <= 1, traces  # 0 when an earlier test of this module traced these shapes already
+    assert np.abs(first.head.sh - second.head.sh).max() > 1e-3  # each call saw its own images

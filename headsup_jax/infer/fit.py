@@ -18,7 +18,7 @@ import numpy as np
 
 from headsup_jax.data.capture import Capture, load_capture
 from headsup_jax.eval.fit import FitSettings, SubjectFitter
-from headsup_jax.infer.reconstruct import forward, load_views, pick_views, stack_views
+from headsup_jax.infer.reconstruct import load_views, pick_views, stack_views
 from headsup_jax.render.types import Gaussians
 
 DEFAULT_STEPS = {"template": 600, "model": 100}  # from scratch; refining a feed-forward prediction
@@ -58,7 +58,7 @@ def fit_capture(capture, *, trained=None, config=None, views=None, num_views: in
         config.loss.mask = 0.0
     init = None
     if trained is not None:
-        _, aux = forward(trained.model, with_aux=True)(images[None], K[None], w2c[None])
+        _, aux = trained.forward(with_aux=True)(images[None], K[None], w2c[None])
         init = np.asarray(aux["uv_map"][0])
     start = "template" if init is None else "model"
     fitter = SubjectFitter(template.vertices, atlas, config, FitSettings(steps or DEFAULT_STEPS[start], lr))

@@ -120,7 +120,7 @@ def reconstruct(trained, capture, views=None, num_views: int | None = None) -> R
     H, W = trained.image_size
     inputs = load_views(capture, indices, H, W)
     images, K, w2c = (x[None] for x in stack_views(inputs))  # [1, N, ...]
-    run = forward(trained.model)
+    run = trained.forward()
     start = time.perf_counter()
     jax.block_until_ready(run(images, K, w2c))
     compile_s = time.perf_counter() - start

@@ -32,6 +32,16 @@ class TrainedModel:
     workdir: epath.Path
     experiment: object  # train.experiment.Experiment on one device, and its restored state:
     state: nnx.State  # what the shared evaluators (eval.evaluate) take
+    _forwards: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def forward(self, with_aux: bool = False):
+        """The model's jitted forward pass (`infer.reconstruct.forward`), built once per TrainedModel: the
+        reconstructions of one process compile once per input shape, not once per call."""
+        from headsup_jax.infer.reconstruct import forward
+
+        if with_aux not in self._forwards:
+            self._forwards[with_aux] = forward(self.model, with_aux)
+        return self._forwards[with_aux]
 
     @property
     def image_size(self) -> tuple[int, int]:

@@ -1,7 +1,7 @@
 """The fidelity protocol as one table: a trained run against its reference points on the same views.
 
     python benchmarks/fidelity.py --workdir outputs/demo [--data DATASET_OR_CAPTURES --split test]
-        [--subjects 6] [--views 1,2,4,8,12] [--fit-views 4] [--fit-steps 600] [--targets 4]
+        [--subjects 6] [--views 1,2,4,8,12] [--fit-views 4|none] [--fit-steps 600] [--targets 4]
 
 Held-out identities (the test split; never trained on), novel views disjoint from the inputs and the
 same for every N (a permutation's last `targets` cameras), images composited on the backdrop; PSNR,
@@ -55,7 +55,8 @@ def main(argv=None) -> None:
     p.add_argument("--subjects", type=int, default=6)
     p.add_argument("--targets", type=int, default=4)
     p.add_argument("--views", default="1,2,4,8,12", help="input views of the model rows")
-    p.add_argument("--fit-views", default="4", help="input views of the per-subject fitting rows")
+    p.add_argument("--fit-views", default="4", help="input views of the per-subject fitting rows; 'none': no fits "
+                   "(they do not depend on the trained model: rerun them only for other subjects or data)")
     p.add_argument("--fit-steps", type=int, default=600)
     a = p.parse_args(argv)
 
@@ -86,10 +87,14 @@ def main(argv=None) -> None:
         rows.append(_row("HeadsUp (feed-forward)", n, result["metrics"], train_s,
                          f"{1000 * _forward_seconds(trained, batch):.0f} ms"))
         print(rows[-1], file=sys.stderr)
-    batch = batch_for(int(a.fit_views.split(",")[0]))
+    fit_views = [] if a.fit_views == "none" else [int(v) for v in a.fit_views.split(",")]
+    batch = batch_for(fit_views[0] if fit_views else int(a.views.split(",")[0]))
     rows.append(_row("template, mean colour", "-", template_baseline(reference, batch, colour)))
+    if not fit_views:
+        print("\n".join(rows))
+        return
     fitter = SubjectFitter(trained.template.vertices, trained.atlas, config, FitSettings(steps=a.fit_steps))
-    for n in [int(v) for v in a.fit_views.split(",")]:
+    for n in fit_views:
         fitted = fit_reference(reference, batch_for(n), fitter=fitter)
         rows.append(_row(f"per-subject fit, {a.fit_steps} steps", n, fitted["metrics"],
                          fit_s=f"{np.mean(fitted['seconds']):.1f} s"))

@@ -1,7 +1,7 @@
 """HeadsUp reconstruction, big_vision style: `--config configs/headsup.py:SIZE`, SIZE in tiny|quality|s|m|l|xl.
 
 tiny trains on a 2-core CPU in minutes; quality is the CPU recipe of tiny at 128 x 96 with 8 input views
-(`headsup train --config configs/headsup.py:quality`, 68 minutes on 2 cores, README "Fidelity"); xl is
+(`headsup train --config configs/headsup.py:quality`, 5,500 steps, about 80 minutes on 2 cores, README "Fidelity"); xl is
 the paper's scale (64 x 64 x 512 latent, stage 1 at half resolution with 10 input views, batch 64,
 bfloat16). Unknowns of the paper (block counts, UV resolution, loss weights) are values here, not
 constants in the code.
@@ -81,7 +81,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     # The paper's 2e-4 from s up; tiny (batch 4, a few hundred steps on a CPU) uses 1e-3 (+0.6 dB held out over
     # 5e-4 at 300 steps, README "Fidelity").
     c.optim = dict(name="adam", lr=1e-3 if cpu else 2e-4, warmup_steps=50 if cpu else 2000,
-                   total_steps={"tiny": 2000, "quality": 1500}.get(size, 900_000), b1=0.9, b2=0.99, weight_decay=0.0,
+                   total_steps={"tiny": 2000, "quality": 5500}.get(size, 900_000), b1=0.9, b2=0.99, weight_decay=0.0,
                    clip_norm=1.0, grad_accum=1)
 
     # -1: all remaining devices. l and xl shard parameters and Adam moments over 8 devices (FSDP), the memory

@@ -65,6 +65,7 @@ class Checkpointer:
                 manager._maybe_await_cleanup_tmp_directory()
                 return manager
             except OSError as e:
+                manager.close()
                 if attempt == CLEANUP_TRIES:
                     raise CheckpointError(f"{self.root}: the unfinished checkpoints {self.interrupted} cannot be "
                                           f"removed ({e.strerror or e}: {e.filename}); is another run still "

@@ -81,14 +81,15 @@ def main(argv=None) -> None:
           f"G = {trained.atlas.count}, images {tuple(config.data.image_size)}\n", file=sys.stderr)
     rows = ["| method | N | PSNR | SSIM | LPIPS | PSNR head | SSIM head | LPIPS head | train | recon | fit |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for n in [int(v) for v in a.views.split(",")]:
+    model_views = [int(v) for v in a.views.split(",")]
+    fit_views = [] if a.fit_views == "none" else [int(v) for v in a.fit_views.split(",")]
+    for n in model_views:
         batch = batch_for(n)
         result = evaluate_batches(trained.experiment, trained.state, [batch])
         rows.append(_row("HeadsUp (feed-forward)", n, result["metrics"], train_s,
                          f"{1000 * _forward_seconds(trained, batch):.0f} ms"))
         print(rows[-1], file=sys.stderr)
-    fit_views = [] if a.fit_views == "none" else [int(v) for v in a.fit_views.split(",")]
-    batch = batch_for(fit_views[0] if fit_views else int(a.views.split(",")[0]))
+    batch = batch_for((fit_views or model_views)[0])
     rows.append(_row("template, mean colour", "-", template_baseline(reference, batch, colour)))
     if not fit_views:
         print("\n".join(rows))

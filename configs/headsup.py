@@ -2,9 +2,9 @@
 
 tiny trains on a 2-core CPU in minutes; quality is the CPU recipe of tiny at 128 x 96 with 8 input views
 (`headsup train --config configs/headsup.py:quality`: 5,500 steps, about 80 minutes on 2 cores, README
-"Fidelity"); xl is the paper's scale (64 x 64 x 512 latent, stage 1 at half resolution with 10 input views, batch 64,
-bfloat16). Unknowns of the paper (block counts, UV resolution, loss weights) are values here, not
-constants in the code.
+"Fidelity"); xl is the paper's scale (64 x 64 x 512 latent, stage 1 at half resolution with 10 input
+views, batch 64, bfloat16). Unknowns of the paper (block counts, UV resolution, loss weights) are values
+here, not constants in the code.
 """
 import ml_collections
 
